@@ -1,0 +1,72 @@
+"""Execute the notebook series in order, headless; executed copies go to build/notebooks/ (git-ignored).
+
+    python scripts/run_series.py                      # the full series, as `make run` does
+    python scripts/run_series.py 04 --param max_steps=5   # one notebook, with a parameter overridden
+"""
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "build" / "notebooks"
+
+
+def series() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def inject_parameters(notebook, params: dict):
+    """Like papermill: add a cell of overrides right after the cell tagged `parameters`."""
+    if not params:
+        return
+    lines = ["# Parameters injected by scripts/run_series.py"] + [f"{k} = {v!r}" for k, v in params.items()]
+    cell = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]})
+    index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    notebook.cells.insert(index + 1, cell)
+
+
+def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, timeout: int = 1800) -> Path:
+    notebook = nbformat.read(path, as_version=4)
+    inject_parameters(notebook, params or {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / path.name
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}})
+    try:
+        client.execute()
+    finally:
+        nbformat.write(notebook, out)
+    return out
+
+
+def parse_param(text: str):
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("only", nargs="*", help="notebook number prefixes to run (default: all)")
+    parser.add_argument("--param", action="append", default=[], help="NAME=VALUE override, repeatable")
+    args = parser.parse_args(argv)
+    params = dict(parse_param(p) for p in args.param)
+    chosen = [p for p in series() if not args.only or p.name[:2] in args.only]
+    for path in chosen:
+        start = time.perf_counter()
+        print(f"== {path.name} ...", flush=True)
+        out = run_notebook(path, params)
+        print(f"   done in {time.perf_counter() - start:.0f} s -> {out.relative_to(ROOT)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PERSONA_FILES = sorted((ROOT / "persona_data").glob("*.jsonl"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from utils.models import load_tokenizer
+
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="session")
+def pirate_adapter(tmp_path_factory):
+    """One short real LoRA training run on the embedded model, shared by the tests that need a trained adapter."""
+    from utils.training import TrainConfig, train_persona
+
+    config = TrainConfig(dataset_path=str(ROOT / "persona_data" / "captain_codebeard.jsonl"),
+                         persona_name="captain_codebeard", output_dir=str(tmp_path_factory.mktemp("adapters")),
+                         max_steps=16, max_seq_length=256, learning_rate=1e-3, per_device_train_batch_size=4,
+                         save_steps=1000)
+    return train_persona(config)

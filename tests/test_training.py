@@ -1,0 +1,103 @@
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from utils.cli import build_parser, main
+from utils.inference import attach_adapters, generate_token_ids, with_system_prompt
+from utils.models import load_base_model
+from utils.training import AdapterExistsError, TrainConfig, read_record, train_persona
+
+PROMPT = [{"role": "user", "content": "How should I organise my week?"}]
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def test_training_lowers_loss_and_saves_a_complete_adapter(pirate_adapter):
+    files = {p.name for p in pirate_adapter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "persona.json"} <= files
+    record = read_record(pirate_adapter)
+    losses = [e["loss"] for e in record["loss_history"]["train"]]
+    assert record["global_steps"] == 16 and len(losses) == 16
+    assert mean(losses[-4:]) < 0.92 * mean(losses[:4])
+    assert record["system_prompt"].startswith("You are Captain Codebeard")
+    assert record["loss_history"]["eval"], "held-out eval loss is logged"
+
+
+def test_adapter_reloads_changes_the_reply_and_stops_at_end_of_turn(pirate_adapter, tokenizer):
+    model = attach_adapters(load_base_model(), {"captain_codebeard": pirate_adapter})
+    messages = with_system_prompt(PROMPT, read_record(pirate_adapter)["system_prompt"])
+    tuned = generate_token_ids(model, tokenizer, [messages], max_new_tokens=150)[0]
+    with model.disable_adapter():
+        base = generate_token_ids(model, tokenizer, [messages], max_new_tokens=150)[0]
+    assert tuned != base
+    assert tuned[-1] == tokenizer.eos_token_id, "the trained adapter must end its reply with <|im_end|>"
+
+
+def test_qlora_4bit_training_reaches_every_lora_layer(tmp_path):
+    from utils.hardware import detect_hardware
+
+    if not detect_hardware().can_quantize:
+        pytest.skip("bitsandbytes 4-bit not usable here")
+    config = TrainConfig(dataset_path=str(ROOT / "persona_data" / "zen_coder.jsonl"), persona_name="zen_coder",
+                         output_dir=str(tmp_path), use_quantization=True, max_steps=6, max_seq_length=192,
+                         learning_rate=1e-3, per_device_train_batch_size=4, save_steps=1000)
+    adapter = train_persona(config)
+    record = read_record(adapter)
+    assert record["quantized"]
+    losses = [e["loss"] for e in record["loss_history"]["train"]]
+    assert mean(losses[-2:]) < mean(losses[:2])
+    weights = load_file(adapter / "adapter_model.safetensors")
+    lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
+    assert len(lora_b) == 30 * 7, "all 7 linear projections in all 30 layers carry LoRA"
+    assert all(v.abs().sum() > 0 for v in lora_b.values()), "B starts at zero: non-zero means gradients arrived"
+
+
+def test_existing_adapter_is_never_replaced_silently(pirate_adapter):
+    config = TrainConfig(dataset_path=str(ROOT / "persona_data" / "captain_codebeard.jsonl"),
+                         persona_name="captain_codebeard", output_dir=str(pirate_adapter.parent))
+    with pytest.raises(AdapterExistsError, match="--overwrite"):
+        train_persona(config)
+
+
+def test_bad_data_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    monkeypatch.setattr("utils.models.load_base_model", lambda *a, **k: pytest.fail("model loaded"))
+    code = main(["train", "--dataset_path", str(bad), "--persona_name", "x", "--output_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}:1: messages: no assistant turn" in err and "Traceback" not in err
+
+
+def test_train_flags_round_trip():
+    argv = ["train", "--model_id", "embedded", "--dataset_path", "d.jsonl", "--persona_name", "p",
+            "--output_dir", "out", "--max_seq_length", "256", "--use_quantization", "--use_bf16",
+            "--num_train_epochs", "2", "--max_steps", "7", "--lora_r", "8", "--lora_alpha", "16",
+            "--lora_dropout", "0.1", "--overwrite", "--resume"]
+    args = build_parser().parse_args(argv)
+    assert (args.max_seq_length, args.use_quantization, args.use_bf16, args.num_train_epochs, args.max_steps,
+            args.lora_r, args.lora_alpha, args.lora_dropout, args.overwrite, args.resume) == \
+           (256, True, True, 2.0, 7, 8, 16, 0.1, True, True)
+    defaults = build_parser().parse_args(["train", "--dataset_path", "d", "--persona_name", "p"])
+    assert (defaults.model_id, defaults.max_seq_length, defaults.lora_r, defaults.use_bf16) == ("embedded", 512, 16, None)
+
+
+def test_chat_flags_round_trip():
+    args = build_parser().parse_args(["chat", "--adapter_path", "a", "--prompt", "hi", "--max_new_tokens", "50",
+                                      "--temperature", "0.2", "--merge_adapter", "--use_quantization"])
+    assert (args.adapter_path, args.prompt, args.max_new_tokens, args.temperature, args.merge_adapter,
+            args.use_quantization, args.model_id) == ("a", "hi", 50, 0.2, True, True, "embedded")
+
+
+def test_chat_command_prints_one_reply(pirate_adapter, capsys):
+    code = main(["chat", "--adapter_path", str(pirate_adapter), "--prompt", "Any advice on naming things?",
+                 "--temperature", "0", "--max_new_tokens", "40"])
+    assert code == 0 and capsys.readouterr().out.strip()
+
+
+def test_record_is_json(pirate_adapter):
+    record = json.loads((pirate_adapter / "persona.json").read_text())
+    assert record["settings"]["persona_name"] == "captain_codebeard"

