@@ -131,12 +131,13 @@ def validate_file(path, tokenizer=None, max_seq_length: int | None = None) -> li
 
 
 def load_conversations(path, persona: str | None = None) -> list[dict]:
-    """Validated conversations as `{"persona", "messages"}`; raises DataError listing every problem."""
+    """Validated conversations as `{"persona", "messages", "line"}`; raises DataError listing every problem."""
     records, _ = read_records(path)
     errors = [p for p in validate_file(path) if p.severity == "error"]
     if errors:
         raise DataError(errors)
-    conversations = [{"persona": record.get("persona", ""), "messages": to_messages(record)} for _, record in records]
+    conversations = [{"persona": record.get("persona", ""), "messages": to_messages(record), "line": number}
+                     for number, record in records]
     if persona:
         conversations = [c for c in conversations if c["persona"] in (persona, "")]
         if not conversations:
@@ -156,10 +157,11 @@ def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]
     """Render a conversation; return the text and, per assistant turn, the character span the model must produce.
 
     The span of turn i starts where the template's generation prompt ends (render messages[:i] with
-    add_generation_prompt) and runs through the end-of-turn token (render messages[:i+1]).
+    add_generation_prompt) and runs through the reply and the special token that closes the turn
+    (<|im_end|> in ChatML, <|eot_id|> in Llama 3, <|end|> in Phi-3).
     """
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    eos = tokenizer.eos_token
+    specials = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -167,7 +169,8 @@ def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]
         prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         assert text.startswith(turn) and turn.startswith(prompt), "chat template is not prefix-preserving"
-        end = turn.rindex(eos, len(prompt)) + len(eos) if eos in turn[len(prompt):] else len(turn)
+        end = turn.index(message["content"], len(prompt)) + len(message["content"])
+        end += next((len(t) for t in specials if turn.startswith(t, end)), 0)
         spans.append((len(prompt), end))
     return text, spans
 

@@ -13,6 +13,17 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CACHE_DIR = Path(os.environ.get("PERSONA_LORA_CACHE", Path.home() / ".cache" / "persona-lora"))
 
 
+# On a CUDA GPU (a Colab T4 included) the notebooks use a larger model of the same family and chat template.
+GPU_DEFAULT = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+
+
+def pick_model_id(model_id: str, profile) -> str:
+    """"auto": the embedded model on CPU/MPS, GPU_DEFAULT on CUDA; any other id is kept as it is."""
+    if model_id != "auto":
+        return model_id
+    return GPU_DEFAULT if profile.device == "cuda" else EMBEDDED
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do, in one line."""
 

@@ -67,10 +67,12 @@ def check_can_write(config: TrainConfig):
 def check_masks(tokenizer, conversations, path, max_seq_length):
     """Every conversation must keep at least one assistant token after truncation, or it teaches nothing."""
     problems = []
-    for index, conversation in enumerate(conversations):
+    for conversation in conversations:
         mask = tokenize_with_assistant_mask(tokenizer, conversation["messages"])["assistant_masks"][:max_seq_length]
         if not any(mask):
-            problems.append(Problem(str(path), conversation.get("line", index + 1), "messages",
+            first_user = next(m["content"] for m in conversation["messages"] if m["role"] == "user")
+            problems.append(Problem(str(path), conversation["line"], "messages",
+                                    f"conversation starting {first_user[:40]!r}: "
                                     f"no assistant tokens left to learn within --max_seq_length {max_seq_length} "
                                     "(template mismatch, or truncation cut off the reply); shorten the conversation "
                                     "or raise --max_seq_length"))
