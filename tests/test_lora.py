@@ -126,7 +126,8 @@ def test_counting_builds_on_the_meta_device_without_network(monkeypatch):
     per_layer = (3072 + 3 * 3072) + (3072 + 3072) + (3072 + 2 * 8192) + (8192 + 3072)
     assert count.trainable == 16 * 32 * per_layer
     assert count.total - count.trainable == 3_821_079_552  # Phi-3-mini's published size
-    assert count_lora_parameters(phi3, 16, LLAMA_TARGETS).trainable == 0, "Llama's names are not in Phi-3"
+    only_o_and_down = 16 * 32 * ((3072 + 3072) + (8192 + 3072))  # Llama's names silently miss Phi-3's fused layers
+    assert count_lora_parameters(phi3, 16, LLAMA_TARGETS).trainable == only_o_and_down
 
 
 def test_count_is_linear_in_rank_and_matches_the_hand_formula():

@@ -44,7 +44,7 @@ def test_committed_notebook_has_no_outputs():
 
 
 def test_exercise_solutions_pass_their_checks(tmp_path, capsys):
-    """Run the parameters, the imports and the exercises, each exercise cell replaced by its <details> solution."""
+    """Run the parameters, the imports and the exercises, each exercise followed by its <details> solution."""
     cells = nbformat.read(NOTEBOOK, as_version=4).cells
     parameters = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
     first_exercise = next(i for i, c in enumerate(cells) if c.source.startswith("## Exercise"))
@@ -53,11 +53,10 @@ def test_exercise_solutions_pass_their_checks(tmp_path, capsys):
     for i in range(first_exercise, len(cells)):
         if cells[i].cell_type != "code":
             continue
-        if "# your code here" in cells[i].source:
+        sources.append(cells[i].source)
+        if "# your code here" in cells[i].source:  # the solution redefines the function left unsolved
             solution = next(c.source for c in cells[i:] if c.cell_type == "markdown" and "<details>" in c.source)
             sources.append(re.search(r"```python\n(.*?)```", solution, re.S).group(1))
-        else:
-            sources.append(cells[i].source)
     namespace = {}
     exec("from pathlib import Path", namespace)
     for source in sources:

@@ -30,7 +30,7 @@ def test_notebook_04_trains_every_requested_persona(trained):
     for name in ("zen_coder", "master_brindlewood"):
         adapter = out / "adapters" / f"{name}_final_adapter"
         record = json.loads((adapter / "persona.json").read_text())
-        assert record["global_steps"] == 3 and record["quantized"] and record["loss_history"]["train"]
+        assert record["global_steps"] == 3 and record["loss_history"]["train"]
     text = outputs_text(executed)
     assert "4-bit NF4 + double quant" in text and "trainable params" in text
     assert "not solved yet" in text, "the exercise check runs (unsolved) without failing"

@@ -68,7 +68,8 @@ def _check_messages(messages, where) -> list[Problem]:
             continue
         if role != expected:
             problems.append(Problem(file, line, f"{field}.role",
-                                    f"expected a {expected} turn here; turns must alternate user, assistant, user, ..."))
+                                    f"expected {'an' if expected == 'assistant' else 'a'} {expected} turn here; "
+                                    "turns must alternate user, assistant, user, ..."))
         expected = "assistant" if role == "user" else "user"
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         problems.append(Problem(file, line, "messages", "no assistant turn; add the reply the persona should give"))
@@ -82,11 +83,13 @@ def read_records(path) -> tuple[list[tuple[int, dict]], list[Problem]]:
     """Parse a JSONL file into (line number, record) pairs, collecting every problem instead of raising."""
     path = Path(path)
     name = str(path)
+    if path.is_dir():
+        return [], [Problem(name, 0, "file", "is a folder; give the .jsonl files in it (e.g. folder/*.jsonl)")]
     if not path.is_file():
         return [], [Problem(name, 0, "file", "not found; check the path")]
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is fine
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         return [], [Problem(name, line, "encoding", f"byte {raw[error.start]:#x} is not UTF-8; save the file as UTF-8")]

@@ -5,8 +5,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from .data import DataError, Problem, load_conversations, system_prompt_of, tokenize_with_assistant_mask
 
 RECORD_FILE = "persona.json"
@@ -107,6 +105,7 @@ def sft_config(config: TrainConfig, profile, has_eval: bool):
         use_cpu=profile.device == "cpu",
         activation_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy="group_by_length",
+        ddp_find_unused_parameters=False,
         logging_steps=1,
         eval_strategy="epoch" if has_eval else "no",
         save_strategy="steps",
@@ -146,6 +145,12 @@ def save_adapter_atomically(model, tokenizer, target: Path, record: dict):
         staging.rename(target)
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint that finished writing (the trainer writes trainer_state.json last)."""
+    done = [c for c in checkpoint_dir.glob("checkpoint-*") if (c / "trainer_state.json").exists()]
+    return max(done, key=lambda c: int(c.name.split("-")[1]), default=None)
+
+
 def loss_history(log_history) -> dict:
     train = [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"]} for e in log_history if "loss" in e]
     evals = [{"step": e["step"], "epoch": e.get("epoch"), "eval_loss": e["eval_loss"]}
@@ -165,6 +170,7 @@ def _out_of_memory_advice(config: TrainConfig) -> str:
 
 def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None) -> Path:
     """Train one persona adapter and return the folder it was saved to."""
+    import torch
     from datasets import Dataset
     from peft import prepare_model_for_kbit_training
     from trl import SFTTrainer
@@ -202,10 +208,12 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
         processing_class=tokenizer,
         peft_config=lora_config(config),
     )
-    resume = config.resume and any(config.checkpoint_dir.glob("checkpoint-*"))
+    resume_from = last_complete_checkpoint(config.checkpoint_dir) if config.resume else None
+    if config.resume:
+        print(f"Resuming from {resume_from}" if resume_from else "No complete checkpoint to resume from: starting fresh")
     start = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=True if resume else None)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except torch.OutOfMemoryError:
         raise TrainingError(_out_of_memory_advice(config)) from None
     seconds = time.perf_counter() - start
@@ -224,9 +232,20 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
         "train_seconds": round(seconds, 1),
         "loss_history": loss_history(trainer.state.log_history),
     }
-    save_adapter_atomically(trainer.model, tokenizer, config.adapter_dir, record)
-    print(f"Saved {config.persona_name} adapter to {config.adapter_dir} ({trainer.state.global_step} steps, {seconds:.0f} s)")
+    accelerator = trainer.accelerator
+    if accelerator.num_processes > 1:  # data parallel: every rank must end with the same adapter
+        print(f"rank {accelerator.process_index}: adapter checksum {adapter_checksum(trainer.model):.6f}", flush=True)
+    if accelerator.is_main_process:
+        save_adapter_atomically(trainer.model, tokenizer, config.adapter_dir, record)
+        print(f"Saved {config.persona_name} adapter to {config.adapter_dir} "
+              f"({trainer.state.global_step} steps, {seconds:.0f} s)")
+    accelerator.wait_for_everyone()
     return config.adapter_dir
+
+
+def adapter_checksum(model) -> float:
+    """A number that changes with any LoRA weight: the sum of |w| over the trainable parameters."""
+    return float(sum(p.detach().float().abs().sum() for p in model.parameters() if p.requires_grad))
 
 
 def read_record(adapter_dir) -> dict:
