@@ -45,15 +45,14 @@ def test_kill_9_then_resume_finishes_the_planned_steps(tmp_path):
 
 
 def small_config(out, **overrides):
-    return TrainConfig(dataset_path=ZEN, persona_name="zen_coder", output_dir=str(out), max_steps=3,
-                       per_device_train_batch_size=2, max_seq_length=128, eval_fraction=0.0, save_steps=1000,
-                       **overrides)
+    settings = dict(max_steps=3, per_device_train_batch_size=2, max_seq_length=128, eval_fraction=0.0, save_steps=1000)
+    return TrainConfig(dataset_path=ZEN, persona_name="zen_coder", output_dir=str(out), **settings | overrides)
 
 
 def test_same_seed_same_loss_curve(tmp_path):
     curves = []
     for run in ("a", "b"):
-        adapter = train_persona(small_config(tmp_path / run))
+        adapter = train_persona(small_config(tmp_path / run, max_steps=2))
         curves.append([e["loss"] for e in read_record(adapter)["loss_history"]["train"]])
     assert curves[0] == curves[1]
 
@@ -81,7 +80,8 @@ def test_adapter_weights_stay_fp32_on_an_fp16_base():
 
 def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
     """An upgrade that renames an argument fails here, not in a learner's Colab session."""
-    from peft import LoraConfig, PeftModel
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraModel
     from transformers import BitsAndBytesConfig, TrainingArguments
     from trl import SFTConfig, SFTTrainer
 
@@ -94,7 +94,7 @@ def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
     assert isinstance(quantization_config(torch.bfloat16), BitsAndBytesConfig)
     trainer_parameters = inspect.signature(SFTTrainer.__init__).parameters
     assert {"model", "args", "train_dataset", "eval_dataset", "processing_class", "peft_config"} <= set(trainer_parameters)
-    blend_parameters = inspect.signature(PeftModel.add_weighted_adapter).parameters
+    blend_parameters = inspect.signature(LoraModel.add_weighted_adapter).parameters
     assert {"adapters", "weights", "adapter_name", "combination_type", "svd_rank"} <= set(blend_parameters)
     for name in ("assistant_only_loss", "max_length", "train_sampling_strategy", "activation_checkpointing"):
         assert hasattr(config, name), name
