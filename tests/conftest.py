@@ -25,6 +25,6 @@ def pirate_adapter(tmp_path_factory):
 
     config = TrainConfig(dataset_path=str(ROOT / "persona_data" / "captain_codebeard.jsonl"),
                          persona_name="captain_codebeard", output_dir=str(tmp_path_factory.mktemp("adapters")),
-                         max_steps=16, max_seq_length=256, learning_rate=1e-3, per_device_train_batch_size=4,
+                         max_steps=24, max_seq_length=256, learning_rate=1e-3, per_device_train_batch_size=8,
                          save_steps=1000)
     return train_persona(config)

@@ -21,7 +21,7 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(pirate_adapter):
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "persona.json"} <= files
     record = read_record(pirate_adapter)
     losses = [e["loss"] for e in record["loss_history"]["train"]]
-    assert record["global_steps"] == 16 and len(losses) == 16
+    assert record["global_steps"] == 24 and len(losses) == 24
     assert mean(losses[-4:]) < 0.92 * mean(losses[:4])
     assert record["system_prompt"].startswith("You are Captain Codebeard")
     assert record["loss_history"]["eval"], "held-out eval loss is logged"
@@ -30,9 +30,9 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(pirate_adapter):
 def test_adapter_reloads_changes_the_reply_and_stops_at_end_of_turn(pirate_adapter, tokenizer):
     model = attach_adapters(load_base_model(), {"captain_codebeard": pirate_adapter})
     messages = with_system_prompt(PROMPT, read_record(pirate_adapter)["system_prompt"])
-    tuned = generate_token_ids(model, tokenizer, [messages], max_new_tokens=150)[0]
+    tuned = generate_token_ids(model, tokenizer, [messages], max_new_tokens=200)[0]
     with model.disable_adapter():
-        base = generate_token_ids(model, tokenizer, [messages], max_new_tokens=150)[0]
+        base = generate_token_ids(model, tokenizer, [messages], max_new_tokens=200)[0]
     assert tuned != base
     assert tuned[-1] == tokenizer.eos_token_id, "the trained adapter must end its reply with <|im_end|>"
 

@@ -98,15 +98,16 @@ def quantization_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
 def load_base_model(model_id: str = EMBEDDED, profile=None, quantize: bool = False, dtype: torch.dtype | None = None):
     """Load the base model for `profile` (see utils.hardware); 4-bit NF4 when `quantize`.
 
-    The frozen base is stored in the profile's compute dtype (bf16 on this kind of CPU, fp16 on a T4): stored in
-    fp32 under bf16 autocast, every matmul would first copy its weight to bf16, which made training steps 3.5x
-    slower here than a bf16 base (measured). LoRA weights stay fp32 either way (peft's default).
+    On a GPU the weights are stored in the compute dtype (fp16 on a T4, bf16 on newer GPUs); on a CPU in fp32
+    unless `dtype` says otherwise. Training passes the compute dtype (see utils.training): a frozen fp32 base under
+    bf16 autocast copies every weight to bf16 at every matmul, 3.5x slower per step here than a bf16 base
+    (measured). LoRA weights stay fp32 either way (peft's default).
     """
     from .hardware import detect_hardware
 
     profile = profile or detect_hardware()
     path = resolve_model_path(model_id)
-    kwargs = {"dtype": dtype or profile.compute_dtype}
+    kwargs = {"dtype": dtype or (profile.compute_dtype if profile.device == "cuda" else torch.float32)}
     if quantize:
         kwargs["quantization_config"] = quantization_config(profile.compute_dtype)
         kwargs["device_map"] = {"": profile.device if profile.device != "cuda" else 0}

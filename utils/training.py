@@ -195,7 +195,7 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
     tokenizer.chat_template = training_chat_template(tokenizer)
     train, held_out = split_train_eval(conversations, config.eval_fraction, config.seed)
 
-    model = model or load_base_model(config.model_id, profile, quantize=quantize)
+    model = model or load_base_model(config.model_id, profile, quantize=quantize, dtype=profile.compute_dtype)
     if quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
 
