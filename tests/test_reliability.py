@@ -2,6 +2,7 @@
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,7 +109,7 @@ def test_two_processes_train_the_same_adapter(tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     print(f"two-process run: {time.perf_counter() - start:.0f} s")
     assert done.returncode == 0, done.stderr[-3000:]
-    checksums = sorted(line.split()[-1] for line in done.stdout.splitlines() if "adapter checksum" in line)
-    assert len(checksums) == 2 and checksums[0] == checksums[1], done.stdout[-2000:]
+    checksums = dict(re.findall(r"rank (\d+): adapter checksum (-?[\d.]+)", done.stdout))
+    assert sorted(checksums) == ["0", "1"] and checksums["0"] == checksums["1"], done.stdout[-2000:]
     assert read_record(tmp_path / "zen_coder_final_adapter")["global_steps"] == 3
     assert json.loads((tmp_path / "zen_coder_final_adapter" / "adapter_config.json").read_text())["r"] == 16

@@ -1,6 +1,7 @@
 """Train a persona LoRA adapter with trl's SFTTrainer; save it safely, with a record of how it was made."""
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -234,7 +235,9 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
     }
     accelerator = trainer.accelerator
     if accelerator.num_processes > 1:  # data parallel: every rank must end with the same adapter
-        print(f"rank {accelerator.process_index}: adapter checksum {adapter_checksum(trainer.model):.6f}", flush=True)
+        line = f"rank {accelerator.process_index}: adapter checksum {adapter_checksum(trainer.model):.6f}\n"
+        sys.stdout.write(line)  # one write, so two ranks' lines cannot interleave mid-line
+        sys.stdout.flush()
     if accelerator.is_main_process:
         save_adapter_atomically(trainer.model, tokenizer, config.adapter_dir, record)
         print(f"Saved {config.persona_name} adapter to {config.adapter_dir} "
