@@ -99,6 +99,9 @@ def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
     assert {"adapters", "weights", "adapter_name", "combination_type", "svd_rank"} <= set(blend_parameters)
     for name in ("assistant_only_loss", "max_length", "train_sampling_strategy", "activation_checkpointing"):
         assert hasattr(config, name), name
+    import trl.trainer.utils
+
+    assert callable(trl.trainer.utils._use_triton), "utils.training.lm_head_positions swaps this choice"
 
 
 def test_two_processes_train_the_same_adapter(tmp_path):

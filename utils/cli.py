@@ -3,9 +3,11 @@ import argparse
 import dataclasses
 import sys
 
+from .export import add_ship_arguments, run_merge, run_package
 from .training import TrainConfig
 
-LOADING_ERRORS = ("DataError", "ModelLoadError", "AdapterExistsError", "TrainingError")
+LOADING_ERRORS = ("DataError", "ModelLoadError", "AdapterExistsError", "TrainingError", "ExportError",
+                  "NoAdaptersError")
 
 
 def add_train_arguments(parser):
@@ -47,7 +49,39 @@ def build_parser():
     validate.add_argument("--max_seq_length", type=int, default=None,
                           help="also warn about conversations longer than this after templating")
     validate.add_argument("--model_id", default="embedded", help="tokenizer used for --max_seq_length")
+    add_ship_arguments(commands.add_parser("package", help="package an adapter with a model card"), merge=False)
+    add_ship_arguments(commands.add_parser("merge", help="merge an adapter into one model (+GGUF)"), merge=True)
+    add_bench_arguments(commands.add_parser("bench", help="training speed and memory: seed-style vs the series' path"))
+    evaluate = commands.add_parser("evaluate", help="persona-adherence metrics of trained adapters, as JSON")
+    evaluate.add_argument("--adapters_dir", default="trained_adapters")
+    evaluate.add_argument("--out", default="figures/persona_metrics.json")
+    evaluate.add_argument("--max_prompts", type=int, default=None, help="eval prompts per persona (default: all)")
+    evaluate.add_argument("--max_new_tokens", type=int, default=48)
     return parser
+
+
+def add_bench_arguments(parser):
+    parser.add_argument("--quick", action="store_true", help="2 steps of batch 2: a smoke test (~1-2 min on 2 cores)")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is not timed)")
+    parser.add_argument("--batch_size", type=int, default=TrainConfig.per_device_train_batch_size)
+    parser.add_argument("--model_config", default="embedded", help="embedded, or random weights in a known shape: "
+                        "smollm2-360m, smollm2-1.7b, qwen2.5-1.5b, phi-3-mini (no download)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: a CUDA GPU if there is one")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="ours' precision (default: auto)")
+    parser.add_argument("--use_quantization", action="store_true", help="4-bit NF4 base in both runs (QLoRA)")
+    parser.add_argument("--sweep", action="store_true", help="also one change at a time from ours (notebook 07)")
+
+
+def run_bench(args):
+    from .bench import run
+
+    return run(args)
+
+
+def run_evaluate(args):
+    from .evaluate import run
+
+    return run(args)
 
 
 def run_train(args):
@@ -123,7 +157,8 @@ def run_chat(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    runner = {"train": run_train, "chat": run_chat, "validate": run_validate}[args.command]
+    runner = {"train": run_train, "chat": run_chat, "validate": run_validate,
+              "package": run_package, "merge": run_merge, "bench": run_bench, "evaluate": run_evaluate}[args.command]
     try:
         return runner(args) or 0
     except (KeyboardInterrupt, EOFError):

@@ -1,4 +1,5 @@
 """Train a persona LoRA adapter with trl's SFTTrainer; save it safely, with a record of how it was made."""
+import contextlib
 import json
 import shutil
 import sys
@@ -120,6 +121,36 @@ def sft_config(config: TrainConfig, profile, has_eval: bool):
     )
 
 
+def fast_attention(model, profile):
+    """Eager attention on a CPU: for persona-length sequences it beats sdpa there (`python -m utils bench --sweep`).
+    GPUs keep sdpa."""
+    if profile.device == "cpu":
+        model.set_attn_implementation("eager")
+    return model
+
+
+@contextlib.contextmanager
+def lm_head_positions(which: str = "trained"):
+    """Which positions trl's fused LM head scores: the "trained" ones only, or "every" one (masked ones give 0).
+
+    trl scores only the trained positions on Triton GPUs and every position elsewhere, to keep shapes fixed for
+    compilers. A CPU compiles nothing, and each masked position (system prompt, user turns: most of a persona
+    conversation) costs a vocabulary-sized matmul: the same loss, ~25% slower. trl.trainer.utils asks
+    `_use_triton` only for this choice (its kernels keep their own copy), so swapping it there changes nothing else.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # a newer trl decides differently: keep its choice (tests/test_reliability.py flags it)
+        yield
+        return
+    trl_utils._use_triton = lambda device: which == "trained"
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 def split_train_eval(conversations, eval_fraction, seed):
     import random
 
@@ -199,6 +230,7 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
     model = model or load_base_model(config.model_id, profile, quantize=quantize, dtype=profile.compute_dtype)
     if quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    fast_attention(model, profile)
 
     as_dataset = lambda rows: Dataset.from_list([{"messages": r["messages"]} for r in rows])  # noqa: E731
     trainer = SFTTrainer(
@@ -214,7 +246,8 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
         print(f"Resuming from {resume_from}" if resume_from else "No complete checkpoint to resume from: starting fresh")
     start = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with lm_head_positions("trained"):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except torch.OutOfMemoryError:
         raise TrainingError(_out_of_memory_advice(config)) from None
     seconds = time.perf_counter() - start

@@ -1,0 +1,92 @@
+"""Persona metrics: the style classifier on held-out references, the scoring functions against transformers' own
+loss, and a small end-to-end evaluation of a real adapter written as JSON."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from utils.data import labels_from_mask, tokenize_with_assistant_mask
+from utils.evaluate import (NEUTRAL, ask, assistant_nll, classifier_accuracy_on_references, eval_pairs,
+                            evaluate_adapters, marker_rates, mean_kl_from_base, perplexity, persona_files, rouge_l,
+                            train_style_classifier)
+from utils.inference import BASE
+from utils.models import load_base_model
+
+PERSONAS = [name for name in persona_files() if name != NEUTRAL]
+METRICS = ("style_accuracy_adapter", "style_accuracy_prompted", "style_accuracy_base", "nll_adapter", "nll_base",
+           "kl_neutral", "ppl_general_base", "ppl_general_adapter", "rouge_l_adapter", "rouge_l_prompted",
+           "rouge_l_base")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return train_style_classifier()
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    return load_base_model()
+
+
+def test_the_classifier_tells_the_personas_apart_on_held_out_references(classifier):
+    accuracy = classifier_accuracy_on_references(classifier)
+    assert accuracy["overall"] >= 0.9, accuracy
+    assert set(accuracy) == {"overall", *persona_files()} and min(accuracy.values()) >= 0.75, accuracy
+
+
+def test_each_hand_written_marker_fires_on_its_own_persona():
+    neutral = marker_rates([p["reference"] for p in eval_pairs(NEUTRAL)])
+    for name in PERSONAS:
+        own = marker_rates([p["reference"] for p in eval_pairs(name)])
+        assert own[name] >= 0.75 and own[name] - neutral[name] >= 0.5, (name, own[name], neutral[name])
+
+
+def test_assistant_nll_is_the_training_loss(base_model, tokenizer):
+    conversation = ask("What is a list?", "You are terse.", "An ordered, changeable collection.")
+    encoded = tokenize_with_assistant_mask(tokenizer, conversation)
+    labels = labels_from_mask(encoded["input_ids"], encoded["assistant_masks"])
+    with torch.no_grad():
+        loss = base_model(input_ids=torch.tensor([encoded["input_ids"]]), labels=torch.tensor([labels])).loss
+    assert assistant_nll(base_model, tokenizer, [conversation], BASE) == pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_the_base_model_has_no_kl_from_itself_and_perplexity_is_exp_loss(base_model, tokenizer):
+    conversations = [ask(p["prompt"], reply=p["reference"]) for p in eval_pairs(NEUTRAL, max_prompts=2)]
+    assert mean_kl_from_base(base_model, tokenizer, conversations, BASE) == pytest.approx(0.0, abs=1e-6)
+    text = "The river ran quietly past the old mill, and the town slept."
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        loss = base_model(input_ids=ids, labels=ids).loss.item()
+    assert perplexity(base_model, tokenizer, text, BASE) == pytest.approx(math.exp(loss), rel=1e-3)
+
+
+def test_rouge_l():
+    assert rouge_l(["the cat sat"], ["the cat sat"]) == 1.0
+    assert rouge_l(["dogs bark loudly"], ["the cat sat"]) == 0.0
+
+
+def test_evaluate_adapters_writes_every_metric(pirate_adapter, tmp_path):
+    """A real (briefly trained) pirate adapter, and a copy of it under a second name so that a blend exists."""
+    adapters = tmp_path / "adapters"
+    shutil.copytree(pirate_adapter, adapters / pirate_adapter.name)
+    twin = adapters / "zen_coder_final_adapter"
+    shutil.copytree(pirate_adapter, twin)
+    record = json.loads((twin / "persona.json").read_text()) | {"persona": "zen_coder"}
+    (twin / "persona.json").write_text(json.dumps(record))
+
+    out = tmp_path / "metrics.json"
+    report = evaluate_adapters(adapters, out, max_prompts=3, max_new_tokens=12, blend_weights=(0.0, 0.5, 1.0))
+    assert json.loads(out.read_text()) == report
+    assert set(report["personas"]) == {"captain_codebeard", "zen_coder"}
+    for metrics in report["personas"].values():
+        assert all(isinstance(metrics[key], float) and math.isfinite(metrics[key]) for key in METRICS)
+        assert 0 <= metrics["style_accuracy_adapter"] <= 1 and metrics["kl_neutral"] > 0
+    pirate = report["personas"]["captain_codebeard"]
+    assert pirate["nll_adapter"] < pirate["nll_base"], "training on pirate replies lowers their held-out NLL"
+    assert report["classifier_accuracy_on_references"] >= 0.9
+    assert report["blend"]["pair"] == ["captain_codebeard", "zen_coder"]
+    assert len(report["blend"]["probability"]["captain_codebeard"]) == 3
+    assert set(report["targets"]) == {"captain_codebeard", "zen_coder", "blend"}
+    assert report["examples"]["captain_codebeard"][0].keys() == {"prompt", "reference", "base", "prompted", "adapter"}

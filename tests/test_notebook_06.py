@@ -1,0 +1,47 @@
+"""Notebook 06 runs headless, small: two adapters (the briefly trained pirate and a copy of it under a second name,
+so that there is a pair to blend), two prompts per persona, short replies."""
+import json
+import shutil
+
+import nbformat
+
+from conftest import ROOT
+from run_series import run_notebook
+
+METRIC_KEYS = {"style_accuracy_adapter", "style_accuracy_prompted", "style_accuracy_base", "nll_adapter", "nll_base",
+               "kl_neutral", "ppl_general_base", "ppl_general_adapter", "rouge_l_adapter", "rouge_l_prompted",
+               "rouge_l_base"}
+
+
+def pirate_and_twin(pirate_adapter, folder):
+    shutil.copytree(pirate_adapter, folder / pirate_adapter.name)
+    twin = folder / "zen_coder_final_adapter"
+    shutil.copytree(pirate_adapter, twin)
+    record = json.loads((twin / "persona.json").read_text()) | {"persona": "zen_coder"}
+    (twin / "persona.json").write_text(json.dumps(record))
+    return folder
+
+
+def outputs_text(notebook_path) -> str:
+    notebook = nbformat.read(notebook_path, as_version=4)
+    return "\n".join(output.get("text", "") or json.dumps(output.get("data", {}))
+                     for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+def test_notebook_06_evaluates_blends_and_chats(pirate_adapter, tmp_path):
+    params = {"ADAPTERS_DIR": str(pirate_and_twin(pirate_adapter, tmp_path / "adapters")), "MAX_PROMPTS": 2,
+              "MAX_NEW_TOKENS": 8, "BLEND_WEIGHTS": [0.0, 0.5, 1.0], "BLEND_PROMPTS": 2,
+              "TRAP_COMBINATIONS": ["linear", "cat"], "FIGURES_DIR": str(tmp_path)}
+    executed = run_notebook(ROOT / "notebooks" / "06_evaluate_and_blend.ipynb", params, out_dir=tmp_path)
+
+    report = json.loads((tmp_path / "persona_metrics.json").read_text())
+    assert set(report["personas"]) == {"captain_codebeard", "zen_coder"}
+    assert all(METRIC_KEYS <= metrics.keys() for metrics in report["personas"].values())
+    assert report["classifier_accuracy_on_references"] >= 0.9 and report["blend"]["weights"] == [0.0, 0.5, 1.0]
+    for figure in ("06_style_accuracy.png", "06_persona_markers.png", "06_blend_sweep.png"):
+        assert (tmp_path / figure).stat().st_size > 10_000, figure
+    text = outputs_text(executed)
+    assert "the whole difference is the cross terms" in text
+    assert "application/vnd.jupyter.widget-view+json" in text, "the chat with its blend slider is displayed"
+    assert "blend_70_captain_codebeard_30_zen_coder:" in text
+    assert "not solved yet" in text, "the exercise check runs (unsolved) without failing"
