@@ -64,7 +64,8 @@ def test_card_reports_evaluation_figures_when_present(pirate_adapter, tmp_path):
     from utils.export import package_adapter
 
     metrics = tmp_path / "persona_metrics.json"
-    metrics.write_text(json.dumps({"personas": {"captain_codebeard": {"style_accuracy_adapter": 0.95, "markers": {}}}}))
+    metrics.write_text(json.dumps({"personas": {"captain_codebeard": {"style_accuracy_adapter": 0.95, "markers": {}}},
+                                   "adapters": {"captain_codebeard": str(pirate_adapter.resolve())}}))
     package = package_adapter(pirate_adapter, tmp_path / "lora", repo_id="me/pirate", metrics_file=metrics)
     text = (package / "README.md").read_text()
     assert "| style_accuracy_adapter | 0.95 |" in text and "not evaluated yet" not in text
@@ -158,3 +159,15 @@ def test_cli_packages_and_fails_to_push_offline_in_one_line(pirate_adapter, tmp_
     assert captured.err.startswith("error: could not push") and captured.err.count("\n") == 1
     args = build_parser().parse_args(["merge", "--adapter_path", "a", "--out", "b", "--gguf", "f16", "--gguf", "q8_0"])
     assert args.gguf == ["f16", "q8_0"]
+
+
+def test_a_card_reports_evaluation_figures_only_for_the_adapter_evaluated(pirate_adapter, tmp_path):
+    from utils.export import final_metrics
+    from utils.training import read_record
+
+    report = tmp_path / "persona_metrics.json"
+    record = read_record(pirate_adapter)
+    for evaluated, expected in ((pirate_adapter, True), (tmp_path / "another_captain_codebeard", False)):
+        report.write_text(json.dumps({"personas": {"captain_codebeard": {"style_accuracy_adapter": 0.5}},
+                                      "adapters": {"captain_codebeard": str(evaluated.resolve())}}))
+        assert ("style_accuracy_adapter" in final_metrics(record, pirate_adapter, report)) is expected

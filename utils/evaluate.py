@@ -330,6 +330,7 @@ def evaluate_adapters(adapters_dir, out_path=None, **options) -> dict:
     system_prompts = {name: record.get("system_prompt") for name, record in records.items()}
     report = evaluate_loaded(model, load_tokenizer(model_id), system_prompts, **options)
     report["settings"] |= {"adapters_dir": str(adapters_dir), "base_model": model_id}
+    report["adapters"] = {name: str(Path(path).resolve()) for name, path in adapters.items()}  # which folders
     if out_path:
         save_report(report, out_path)
     return report

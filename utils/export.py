@@ -26,16 +26,20 @@ def base_license(base_id: str) -> str:
     return next((lic for prefix, lic in BASE_LICENSES.items() if base_id.startswith(prefix)), "other")
 
 
-def evaluation_metrics(persona: str, metrics_file=METRICS_FILE) -> dict:
-    """The persona's numbers from the evaluation report (utils.evaluate: {"personas": {name: metrics}}), if any."""
+def evaluation_metrics(persona: str, adapter_path, metrics_file=METRICS_FILE) -> dict:
+    """This adapter's numbers from the evaluation report (utils.evaluate), if that report evaluated this very folder
+    (another adapter of the same persona has other numbers)."""
     path = Path(metrics_file)
     if not path.exists():
         return {}
-    entry = json.loads(path.read_text()).get("personas", {}).get(persona, {})
+    report = json.loads(path.read_text())
+    if report.get("adapters", {}).get(persona) != str(Path(adapter_path).resolve()):
+        return {}
+    entry = report.get("personas", {}).get(persona, {})
     return {k: round(v, 4) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def final_metrics(record: dict, metrics_file=METRICS_FILE) -> dict:
+def final_metrics(record: dict, adapter_path, metrics_file=METRICS_FILE) -> dict:
     """Last training loss, last held-out loss, and any evaluation results: the figures a card reports."""
     history = record.get("loss_history", {})
     metrics = {}
@@ -43,7 +47,7 @@ def final_metrics(record: dict, metrics_file=METRICS_FILE) -> dict:
         metrics["final_train_loss"] = round(history["train"][-1]["loss"], 4)
     if history.get("eval"):
         metrics["final_eval_loss"] = round(history["eval"][-1]["eval_loss"], 4)
-    return metrics | evaluation_metrics(record.get("persona", ""), metrics_file)
+    return metrics | evaluation_metrics(record.get("persona", ""), adapter_path, metrics_file)
 
 
 def training_table(record: dict) -> str:
@@ -146,7 +150,7 @@ def package_adapter(adapter_path, out, repo_id: str | None = None, metrics_file=
     config = json.loads((out / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = hub_base_model(record)
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    metrics = final_metrics(record, metrics_file)
+    metrics = final_metrics(record, adapter_path, metrics_file)
     write_persona_files(out, record, metrics)
     how_to_load = loading_snippet(repo_id, "with peft installed: the base + this adapter")
     write_model_card(out, record, metrics, "adapter", how_to_load)
@@ -172,7 +176,7 @@ def merge_adapter(adapter_path, out, gguf_types=(), repo_id: str | None = None, 
     # The base's own tokenizer: its chat template has no training-only {% generation %} markers, which other tools
     # (llama.cpp's template engine among them) don't know.
     load_tokenizer(base_id).save_pretrained(out)
-    write_persona_files(out, record, final_metrics(record, metrics_file))
+    write_persona_files(out, record, final_metrics(record, adapter_path, metrics_file))
     persona = record.get("persona", adapter_path.name.removesuffix("_final_adapter"))
     for file_type in gguf_types:
         export_gguf(out, gguf_path(out, persona, file_type), file_type)
