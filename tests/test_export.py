@@ -157,8 +157,21 @@ def test_cli_packages_and_fails_to_push_offline_in_one_line(pirate_adapter, tmp_
     captured = capsys.readouterr()
     assert "adapter_model.safetensors" in captured.out
     assert captured.err.startswith("error: could not push") and captured.err.count("\n") == 1
-    args = build_parser().parse_args(["merge", "--adapter_path", "a", "--out", "b", "--gguf", "f16", "--gguf", "q8_0"])
-    assert args.gguf == ["f16", "q8_0"]
+    args = build_parser().parse_args(["merge", "--adapter_path", "a", "--out", "b", "--gguf", "f16", "--gguf", "q8_0",
+                                      "--overwrite"])
+    assert args.gguf == ["f16", "q8_0"] and args.overwrite
+
+
+def test_shipping_never_writes_over_a_folder_unless_asked(pirate_adapter, tmp_path, capsys):
+    from utils.cli import main
+
+    out = tmp_path / "lora"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["package", "--adapter_path", str(pirate_adapter), "--out", str(out)]) == 2
+    assert "already holds files" in capsys.readouterr().err and not (out / "README.md").exists()
+    assert main(["package", "--adapter_path", str(pirate_adapter), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "README.md").exists() and (out / "notes.txt").read_text() == "mine"
 
 
 def test_a_card_reports_evaluation_figures_only_for_the_adapter_evaluated(pirate_adapter, tmp_path):

@@ -138,10 +138,18 @@ def adapter_record(adapter_path: Path) -> dict:
     return read_record(adapter_path)
 
 
-def package_adapter(adapter_path, out, repo_id: str | None = None, metrics_file=METRICS_FILE) -> Path:
+def check_can_write(out: Path, overwrite: bool):
+    """Never write over a folder that already holds files, unless asked to."""
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise ExportError(f"{out} already holds files: pass --overwrite to write over them, or choose another --out")
+
+
+def package_adapter(adapter_path, out, repo_id: str | None = None, metrics_file=METRICS_FILE,
+                    overwrite: bool = False) -> Path:
     """A folder ready for the hub: adapter, tokenizer, persona record with final metrics, system prompt, card."""
     adapter_path, out = Path(adapter_path), Path(out)
     record = adapter_record(adapter_path)
+    check_can_write(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     for path in adapter_path.iterdir():  # the adapter and its tokenizer files
         if path.is_file() and path.name not in (RECORD_FILE, "README.md"):
@@ -159,7 +167,8 @@ def package_adapter(adapter_path, out, repo_id: str | None = None, metrics_file=
 
 # --- merge --------------------------------------------------------------------------------------------------------
 
-def merge_adapter(adapter_path, out, gguf_types=(), repo_id: str | None = None, metrics_file=METRICS_FILE) -> Path:
+def merge_adapter(adapter_path, out, gguf_types=(), repo_id: str | None = None, metrics_file=METRICS_FILE,
+                  overwrite: bool = False) -> Path:
     """Base + adapter -> one standalone model folder (and GGUF files), that loads without peft."""
     import torch
     from peft import PeftModel
@@ -168,6 +177,7 @@ def merge_adapter(adapter_path, out, gguf_types=(), repo_id: str | None = None, 
 
     adapter_path, out = Path(adapter_path), Path(out)
     record = adapter_record(adapter_path)
+    check_can_write(out, overwrite)
     base_id = record.get("base_model", "embedded")
     # Into an unquantized fp32 base: in 4-bit weights the small LoRA update would be rounded away (see notebook 05).
     base = load_base_model(base_id, dtype=torch.float32)
@@ -347,15 +357,18 @@ def add_ship_arguments(parser, merge: bool):
     if merge:
         parser.add_argument("--gguf", action="append", choices=GGUF_TYPES, default=[],
                             help="also write <out>/gguf/<persona>-<type>.gguf for llama.cpp (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="write over files already in --out")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this private hub repo")
 
 
 def run_package(args):
-    ship(package_adapter(args.adapter_path, args.out, repo_id=args.push_to_hub), args.push_to_hub)
+    ship(package_adapter(args.adapter_path, args.out, repo_id=args.push_to_hub, overwrite=args.overwrite),
+         args.push_to_hub)
 
 
 def run_merge(args):
-    ship(merge_adapter(args.adapter_path, args.out, gguf_types=args.gguf, repo_id=args.push_to_hub), args.push_to_hub)
+    ship(merge_adapter(args.adapter_path, args.out, gguf_types=args.gguf, repo_id=args.push_to_hub,
+                       overwrite=args.overwrite), args.push_to_hub)
 
 
 def file_sizes(folder) -> dict[str, int]:
