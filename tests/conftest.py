@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,6 +10,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PERSONA_FILES = sorted((ROOT / "persona_data").glob("*.jsonl"))
+
+
+def outputs_text(notebook_path) -> str:
+    """Everything an executed notebook printed or displayed, as one text to search."""
+    import nbformat
+
+    cells = nbformat.read(notebook_path, as_version=4).cells
+    return "\n".join(o.get("text", "") or json.dumps(o.get("data", {})) for c in cells for o in c.get("outputs", []))
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,17 @@
 """The speed benchmark runs end to end and notebook 07 runs headless, small. They assert what ran, never a speed."""
-import json
 import os
 import re
 import subprocess
 import sys
 
-import nbformat
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, outputs_text
 from run_series import run_notebook
 from utils.bench import flops_per_token, matmul_params, model_flops_utilisation
 
 SUMMARY = re.compile(r"^speedup=(\d+\.\d+) real_tok_s=(\d+) mfu=(\d+\.\d+)$", re.MULTILINE)
-
-
-def outputs_text(notebook_path) -> str:
-    cells = nbformat.read(notebook_path, as_version=4).cells
-    return "\n".join(o.get("text", "") or json.dumps(o.get("data", {})) for c in cells for o in c.get("outputs", []))
 
 
 def test_mfu_counts_4n_per_real_token_and_6n_with_checkpointing():

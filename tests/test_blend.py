@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from utils.blend import blend, blend_controls, blend_name, compare_combinations, lora_layers
+from utils.blend import blend, blend_controls, blend_name, compare_combinations, peft_lora_layers
 from utils.chat import PersonaChat, chat_widget
 from utils.inference import BASE, attach_adapters
 from utils.models import load_base_model
@@ -53,7 +53,7 @@ def test_linear_is_exact_only_at_the_ends(model):
 
 def test_linear_by_hand_matches_peft(model):
     """peft's linear blend is (Σ √(w·s)·B_i)(Σ √(w·s)·A_i): the formula the lesson writes out."""
-    layer = next(iter(lora_layers(model).values()))
+    layer = next(iter(peft_lora_layers(model).values()))
     name = blend(model, A, B, 0.3, "linear")
     mix = lambda factor: sum((w * layer.scaling[n]) ** 0.5 * getattr(layer, factor)[n].weight  # noqa: E731
                              for n, w in ((A, 0.3), (B, 0.7)))
@@ -73,7 +73,7 @@ def test_a_blend_is_built_once_per_name_and_made_active(model, monkeypatch):
 def test_peft_silently_ignores_an_existing_name(model):
     """The trap the cache relies on: re-blending under an old name with new weights changes nothing."""
     name = blend(model, A, B, 0.5)
-    layer = next(iter(lora_layers(model).values()))
+    layer = next(iter(peft_lora_layers(model).values()))
     before = layer.get_delta_weight(name).clone()
     model.add_weighted_adapter([A, B], [1.0, 0.0], name, combination_type="cat")
     torch.testing.assert_close(layer.get_delta_weight(name), before)

@@ -7,22 +7,15 @@ metadata and weights). q8_0 is checked without loading it back in transformers, 
 import json
 import re
 
-import nbformat
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, outputs_text
 from run_series import run_notebook
 
 PROMPTS = ["How do I name my variables?", "Why do tests matter?"]
 NEW_TOKENS = 6
-
-
-def outputs_text(notebook_path) -> str:
-    notebook = nbformat.read(notebook_path, as_version=4)
-    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
-    return "\n".join(o.get("text", "") or json.dumps(o.get("data", {})) for o in outputs)
 
 
 @pytest.fixture(scope="module")

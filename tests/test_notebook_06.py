@@ -3,9 +3,8 @@ so that there is a pair to blend), two prompts per persona, short replies."""
 import json
 import shutil
 
-import nbformat
 
-from conftest import ROOT
+from conftest import ROOT, outputs_text
 from run_series import run_notebook
 
 METRIC_KEYS = {"style_accuracy_adapter", "style_accuracy_prompted", "style_accuracy_base", "nll_adapter", "nll_base",
@@ -20,12 +19,6 @@ def pirate_and_twin(pirate_adapter, folder):
     record = json.loads((twin / "persona.json").read_text()) | {"persona": "zen_coder"}
     (twin / "persona.json").write_text(json.dumps(record))
     return folder
-
-
-def outputs_text(notebook_path) -> str:
-    notebook = nbformat.read(notebook_path, as_version=4)
-    return "\n".join(output.get("text", "") or json.dumps(output.get("data", {}))
-                     for cell in notebook.cells for output in cell.get("outputs", []))
 
 
 def test_notebook_06_evaluates_blends_and_chats(pirate_adapter, tmp_path):

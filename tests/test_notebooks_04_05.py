@@ -4,17 +4,8 @@ import json
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, outputs_text
 from run_series import run_notebook
-
-
-def outputs_text(notebook_path) -> str:
-    notebook = nbformat.read(notebook_path, as_version=4)
-    texts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            texts.append(output.get("text", "") or json.dumps(output.get("data", {})))
-    return "\n".join(texts)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def blend(model, a: str, b: str, weight: float, combination_type: str = "cat") -
     return name
 
 
-def lora_layers(model) -> dict:
+def peft_lora_layers(model) -> dict:
     """Every LoRA-wrapped linear layer of a PeftModel, by module name."""
     from peft.tuners.lora import LoraLayer
 
@@ -51,7 +51,7 @@ def compare_combinations(model, a: str, b: str, weight: float = 0.5, layer: str 
 
     Returns `{combination: {"relative_error": ‖ΔW_blend - true‖ / ‖true‖, "rank": r}}`; 0 error means exact.
     """
-    module = next(m for name, m in lora_layers(model).items() if name.endswith(layer))
+    module = next(m for name, m in peft_lora_layers(model).items() if name.endswith(layer))
     with torch.no_grad():
         true = weight * module.get_delta_weight(a) + (1 - weight) * module.get_delta_weight(b)
         comparison = {}

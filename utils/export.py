@@ -138,7 +138,7 @@ def adapter_record(adapter_path: Path) -> dict:
     return read_record(adapter_path)
 
 
-def check_can_write(out: Path, overwrite: bool):
+def check_out_folder(out: Path, overwrite: bool):
     """Never write over a folder that already holds files, unless asked to."""
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise ExportError(f"{out} already holds files: pass --overwrite to write over them, or choose another --out")
@@ -149,7 +149,7 @@ def package_adapter(adapter_path, out, repo_id: str | None = None, metrics_file=
     """A folder ready for the hub: adapter, tokenizer, persona record with final metrics, system prompt, card."""
     adapter_path, out = Path(adapter_path), Path(out)
     record = adapter_record(adapter_path)
-    check_can_write(out, overwrite)
+    check_out_folder(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     for path in adapter_path.iterdir():  # the adapter and its tokenizer files
         if path.is_file() and path.name not in (RECORD_FILE, "README.md"):
@@ -177,7 +177,7 @@ def merge_adapter(adapter_path, out, gguf_types=(), repo_id: str | None = None, 
 
     adapter_path, out = Path(adapter_path), Path(out)
     record = adapter_record(adapter_path)
-    check_can_write(out, overwrite)
+    check_out_folder(out, overwrite)
     base_id = record.get("base_model", "embedded")
     # Into an unquantized fp32 base: in 4-bit weights the small LoRA update would be rounded away (see notebook 05).
     base = load_base_model(base_id, dtype=torch.float32)
