@@ -56,6 +56,7 @@ def test_scoring_only_the_trained_positions_gives_the_same_loss():
     tokenizer.chat_template = training_chat_template(tokenizer)
     trainer, _ = build_trainer(OURS, detect_hardware(), tokenizer, persona_rows()[:8], "embedded", steps=1,
                                batch_size=4, out_dir=str(ROOT / "build" / "test_lm_head"))
+    assert trainer.model.config._attn_implementation == "eager", "utils.training.fast_attention: eager on a CPU"
     batch = next(iter(trainer.get_train_dataloader()))
     losses = {}
     for which in ("every", "trained"):
