@@ -5,11 +5,14 @@
 """
 import argparse
 import ast
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,17 +34,34 @@ def inject_parameters(notebook, params: dict):
     notebook.cells.insert(index + 1, cell)
 
 
-def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, timeout: int = 1800) -> Path:
+def announce_cells(notebook, name: str):
+    """A hook that prints which code cell runs, "04 cell 12/20", so a long notebook is visibly alive."""
+    code = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+
+    def on_cell_start(cell, cell_index):
+        if cell_index in code:
+            print(f"   {name[:2]} cell {code.index(cell_index) + 1}/{len(code)}", flush=True)
+    return on_cell_start
+
+
+def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, timeout: int = 1800,
+                 progress: bool = False) -> Path:
     notebook = nbformat.read(path, as_version=4)
     inject_parameters(notebook, params or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT)}})
+    # IPC sockets, not TCP: a local kernel needs no network port (and ipykernel warns about unencrypted TCP).
+    kernel = KernelManager(kernel_name="python3", transport="ipc")
+    if progress:  # training inside the kernel writes a progress line to the terminal (utils.training)
+        os.environ["PERSONA_LORA_PROGRESS"] = "1"
+    client = NotebookClient(notebook, km=kernel, timeout=timeout, resources={"metadata": {"path": str(ROOT)}},
+                            on_cell_start=announce_cells(notebook, path.name) if progress else None)
     try:
         client.execute()
     finally:
         nbformat.write(notebook, out)
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
     return out
 
 
@@ -60,11 +80,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = dict(parse_param(p) for p in args.param)
     chosen = [p for p in series() if not args.only or p.name[:2] in args.only]
+    timings = {}
     for path in chosen:
         start = time.perf_counter()
         print(f"== {path.name} ...", flush=True)
-        out = run_notebook(path, params)
-        print(f"   done in {time.perf_counter() - start:.0f} s -> {out.relative_to(ROOT)}", flush=True)
+        out = run_notebook(path, params, progress=True)
+        timings[path.stem] = round(time.perf_counter() - start)
+        print(f"   done in {timings[path.stem]} s -> {out.relative_to(ROOT)}", flush=True)
+    if not args.only and not params:  # a full run of the defaults: the times the README and TEACHING.md quote
+        (ROOT / "figures" / "timings.json").write_text(json.dumps(
+            {"notebooks_seconds": timings, "total_seconds": sum(timings.values()),
+             "machine": f"{os.cpu_count()} CPU cores"}, indent=2) + "\n")
+    print(f"== all done in {sum(timings.values()) / 60:.1f} min", flush=True)
     return 0
 
 

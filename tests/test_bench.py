@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, outputs_text
 from run_series import run_notebook
-from utils.bench import flops_per_token, matmul_params, model_flops_utilisation
+from utils.measure import flops_per_token, matmul_params, model_flops_utilisation
 
 SUMMARY = re.compile(r"^speedup=(\d+\.\d+) real_tok_s=(\d+) mfu=(\d+\.\d+)$", re.MULTILINE)
 
@@ -45,21 +45,48 @@ def test_notebook_07_runs_small(tmp_path, monkeypatch):
     assert "T4 estimate" in text and "global batch" in text
 
 
-def test_scoring_only_the_trained_positions_gives_the_same_loss():
-    from utils.bench import OURS, build_trainer, persona_rows
-    from utils.data import training_chat_template
+def test_scoring_only_the_trained_positions_gives_the_same_loss_on_fewer_positions(monkeypatch):
+    """lm_head_positions swaps a private trl hook: count the positions trl's LM head scores, so that a trl which
+    stops asking the hook fails here (the loss alone would pass either way)."""
+    import trl.trainer.utils as trl_utils
+
+    from utils.bench import OURS, bench_trainer
+    from utils.fastpath import lm_head_positions
     from utils.hardware import detect_hardware
     from utils.models import load_tokenizer
-    from utils.training import lm_head_positions
 
-    tokenizer = load_tokenizer("embedded")
-    tokenizer.chat_template = training_chat_template(tokenizer)
-    trainer, _ = build_trainer(OURS, detect_hardware(), tokenizer, persona_rows()[:8], "embedded", steps=1,
+    trainer, _ = bench_trainer(OURS, detect_hardware(), load_tokenizer("embedded"), "embedded", steps=1,
                                batch_size=4, out_dir=str(ROOT / "build" / "test_lm_head"))
-    assert trainer.model.config._attn_implementation == "eager", "utils.training.fast_attention: eager on a CPU"
+    assert trainer.model.config._attn_implementation == "eager", "utils.fastpath.fast_attention: eager on a CPU"
     batch = next(iter(trainer.get_train_dataloader()))
+    scored = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: scored.append(hidden.shape[0]) or apply(hidden, *rest))
     losses = {}
     for which in ("every", "trained"):
         with torch.no_grad(), trainer.accelerator.autocast(), lm_head_positions(which):
             losses[which] = trainer.compute_loss(trainer.model, batch).item()
     assert losses["trained"] == pytest.approx(losses["every"], rel=1e-3)
+    shifted = batch["labels"][:, 1:]  # position t predicts token t + 1
+    trained = int((shifted != -100).sum())
+    assert scored == [shifted.numel(), trained] and trained < scored[0] / 2
+
+
+def test_the_benchmark_trains_exactly_as_training_does():
+    """`bench`'s "ours" row and `train_persona` build their trainers in one place: same settings, same dtypes."""
+    from utils.bench import OURS, bench_config, bench_trainer
+    from utils.hardware import detect_hardware
+    from utils.models import load_tokenizer
+    from utils.training import build_trainer
+
+    profile, tokenizer, out = detect_hardware(), load_tokenizer("embedded"), str(ROOT / "build" / "test_parity")
+    ours, _ = bench_trainer(OURS, profile, tokenizer, "embedded", steps=2, batch_size=8, out_dir=out)
+    training = build_trainer(bench_config(OURS, "embedded", 2, 8, out), profile, tokenizer)
+    differ = {k for k, v in training.args.to_dict().items()
+              if ours.args.to_dict()[k] != v and k not in ("disable_tqdm", "logging_strategy")}
+    assert not differ, differ
+    dtypes = lambda trainer: sorted({(p.requires_grad, str(p.dtype)) for p in trainer.model.parameters()})  # noqa: E731
+    assert dtypes(ours) == dtypes(training)
+    assert ("False", "torch.bfloat16") in [(str(g), d) for g, d in dtypes(ours)] or not profile.bf16, \
+        "the frozen base is stored in the compute dtype"

@@ -36,13 +36,10 @@ def chat_notebook(adapter_dir: Path) -> nbformat.NotebookNode:
     code = f"""import sys
 sys.path.insert(0, {str(ROOT)!r})
 from utils.chat import PersonaChat, chat_widget
-from utils.inference import attach_adapters
-from utils.models import load_base_model, load_tokenizer
-from utils.training import read_record
+from utils.loading import load_personas
 
-adapter = {str(adapter_dir)!r}
-model = attach_adapters(load_base_model(), {{{PIRATE!r}: adapter}})
-chat = PersonaChat(model, load_tokenizer(), {{{PIRATE!r}: read_record(adapter)["system_prompt"]}}, max_new_tokens=12)
+personas = load_personas({str(adapter_dir)!r})
+chat = PersonaChat(personas.model, personas.tokenizer, personas.system_prompts, max_new_tokens=12)
 chat_widget(chat)"""
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -6,7 +6,7 @@ import pytest
 from utils.chat import PersonaChat, chat_widget
 from utils.inference import BASE, attach_adapters
 from utils.models import load_base_model
-from utils.training import read_record
+from utils.adapters import read_record
 
 PIRATE = "captain_codebeard"
 

@@ -7,17 +7,19 @@ import shutil
 import pytest
 import torch
 
-from utils.data import labels_from_mask, tokenize_with_assistant_mask
-from utils.evaluate import (NEUTRAL, ask, assistant_nll, classifier_accuracy_on_references, eval_pairs,
-                            evaluate_adapters, marker_rates, mean_kl_from_base, perplexity, persona_files, rouge_l,
-                            train_style_classifier)
+from utils.evaluate import ask, evaluate_adapters, few_shot_turns, loops, rouge_l
 from utils.inference import BASE
+from utils.judge import NEUTRAL, classifier_accuracy_on_references, eval_pairs, persona_files, train_style_classifier
+from utils.likelihood import assistant_nll, mean_kl_from_base, perplexity
+from utils.masking import labels_from_mask, tokenize_with_assistant_mask
+from utils.signatures import signature_rates
 from utils.models import load_base_model
 
 PERSONAS = [name for name in persona_files() if name != NEUTRAL]
-METRICS = ("style_accuracy_adapter", "style_accuracy_prompted", "style_accuracy_base", "nll_adapter", "nll_base",
-           "kl_neutral", "ppl_general_base", "ppl_general_adapter", "rouge_l_adapter", "rouge_l_prompted",
-           "rouge_l_base")
+SYSTEMS = ("base", "prompted", "fewshot", "adapter")
+METRICS = ("nll_adapter", "nll_base", "kl_neutral", "ppl_general_base", "ppl_general_adapter",
+           *(f"{kind}_{system}" for kind in ("style_accuracy", "rouge_l", "repetition_rate", "ended_rate")
+             for system in SYSTEMS))
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +38,18 @@ def test_the_classifier_tells_the_personas_apart_on_held_out_references(classifi
     assert set(accuracy) == {"overall", *persona_files()} and min(accuracy.values()) >= 0.75, accuracy
 
 
-def test_each_hand_written_marker_fires_on_its_own_persona():
-    neutral = marker_rates([p["reference"] for p in eval_pairs(NEUTRAL)])
+def test_each_signature_opens_its_own_references_and_rarely_the_plain_ones():
+    neutral = signature_rates([p["reference"] for p in eval_pairs(NEUTRAL)])
     for name in PERSONAS:
-        own = marker_rates([p["reference"] for p in eval_pairs(name)])
-        assert own[name] >= 0.75 and own[name] - neutral[name] >= 0.5, (name, own[name], neutral[name])
+        own = signature_rates([p["reference"] for p in eval_pairs(name)])
+        assert own[name] >= 0.9 and own[name] - neutral[name] >= 0.7, (name, own[name], neutral[name])
+
+
+def test_loops_and_few_shot_examples():
+    assert loops("a single line of code, a single line of code, a single line of code")
+    assert not loops("Binary search halves the range until it finds the item or runs out of range.")
+    turns = few_shot_turns("zen_coder")
+    assert [t["role"] for t in turns] == ["user", "assistant"] * 3
 
 
 def test_assistant_nll_is_the_training_loss(base_model, tokenizer):
@@ -87,6 +96,6 @@ def test_evaluate_adapters_writes_every_metric(pirate_adapter, tmp_path):
     assert pirate["nll_adapter"] < pirate["nll_base"], "training on pirate replies lowers their held-out NLL"
     assert report["classifier_accuracy_on_references"] >= 0.9
     assert report["blend"]["pair"] == ["captain_codebeard", "zen_coder"]
-    assert len(report["blend"]["probability"]["captain_codebeard"]) == 3
-    assert set(report["targets"]) == {"captain_codebeard", "zen_coder", "blend"}
-    assert report["examples"]["captain_codebeard"][0].keys() == {"prompt", "reference", "base", "prompted", "adapter"}
+    assert len(report["blend"]["share"]["captain_codebeard"]) == 3
+    assert set(report["targets"]) == {"captain_codebeard", "zen_coder"}
+    assert report["examples"]["captain_codebeard"][0].keys() == {"prompt", "reference", *SYSTEMS}

@@ -104,7 +104,7 @@ def test_gguf_q8_0_holds_the_merged_weights_in_8_bit_blocks(shipped, tmp_path):
     from safetensors.numpy import load_file
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from utils.export import export_gguf
+    from utils.gguf_export import export_gguf
 
     merged_dir = shipped[0] / "shipped" / "captain_codebeard-merged"
     q8 = export_gguf(merged_dir, tmp_path / "pirate-q8_0.gguf", "q8_0")
@@ -124,7 +124,7 @@ def test_gguf_q8_0_holds_the_merged_weights_in_8_bit_blocks(shipped, tmp_path):
 def test_llama_cpp_permutation_is_what_transformers_undoes():
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from utils.export import permute_for_llama_cpp
+    from utils.gguf_export import permute_for_llama_cpp
 
     weight = np.arange(192 * 4, dtype=np.float32).reshape(192, 4)  # k_proj-like: 3 heads of 64 rows
     undo = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
@@ -133,7 +133,7 @@ def test_llama_cpp_permutation_is_what_transformers_undoes():
 
 
 def test_unsupported_architecture_is_named_in_one_clear_error(tmp_path):
-    from utils.export import ExportError, export_gguf
+    from utils.gguf_export import ExportError, export_gguf
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ExportError, match=r"supports model_type \['llama'\].*not 'gpt2'"):
@@ -168,8 +168,8 @@ def test_shipping_never_writes_over_a_folder_unless_asked(pirate_adapter, tmp_pa
 
 
 def test_a_card_reports_evaluation_figures_only_for_the_adapter_evaluated(pirate_adapter, tmp_path):
-    from utils.export import final_metrics
-    from utils.training import read_record
+    from utils.card import final_metrics
+    from utils.adapters import read_record
 
     report = tmp_path / "persona_metrics.json"
     record = read_record(pirate_adapter)

@@ -10,7 +10,8 @@ from torch import nn
 from transformers import LlamaConfig, Phi3Config
 
 from conftest import ROOT
-from utils.data import labels_from_mask, load_conversations, tokenize_with_assistant_mask
+from utils.data import load_conversations
+from utils.masking import labels_from_mask, tokenize_with_assistant_mask
 from utils.lora import LLAMA_TARGETS, LoRALinear, count_lora_parameters, inject_lora, lora_layers, merge_lora
 from utils.models import load_base_model
 

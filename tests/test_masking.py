@@ -1,12 +1,13 @@
-"""Loss masks: the hand-made ones (utils.data) equal trl's on every persona file, and keep every <|im_end|>."""
+"""Loss masks: the hand-made ones (notebook 02's lesson) equal the library's on every persona file, and keep every
+<|im_end|>."""
 import copy
 
 import pytest
 
 from conftest import PERSONA_FILES, ROOT
-from utils.data import (CHATML_TRAINING_TEMPLATE, DataError, labels_from_mask, load_conversations,
-                        tokenize_with_assistant_mask, training_chat_template)
-from utils.training import check_masks
+from utils.data import DataError, load_conversations
+from utils.masking import (CHATML_TRAINING_TEMPLATE, assistant_mask, check_masks, labels_from_mask,
+                           tokenize_with_assistant_mask, training_chat_template)
 
 CAPTAIN = ROOT / "persona_data" / "captain_codebeard.jsonl"
 
@@ -15,11 +16,8 @@ def assistant_turns(messages):
     return sum(m["role"] == "assistant" for m in messages)
 
 
-def trl_mask(tokenizer, messages):
-    template = training_chat_template(tokenizer)
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-                                        chat_template=template)
-    return {"input_ids": out["input_ids"], "assistant_masks": out["assistant_masks"]}
+def library_mask(tokenizer, messages):
+    return assistant_mask(tokenizer, messages, training_chat_template(tokenizer))
 
 
 def runs_of_ones(mask):
@@ -35,12 +33,12 @@ def runs_of_ones(mask):
 
 
 @pytest.mark.parametrize("path", PERSONA_FILES, ids=lambda p: p.stem)
-def test_hand_mask_equals_trl_generation_mask(tokenizer, path):
+def test_hand_mask_equals_the_library_generation_mask(tokenizer, path):
     conversations = load_conversations(path)
     assert any(assistant_turns(c["messages"]) > 1 for c in conversations), "multi-turn conversations are covered"
     for conversation in conversations:
         hand = tokenize_with_assistant_mask(tokenizer, conversation["messages"])
-        assert hand == trl_mask(tokenizer, conversation["messages"]), f"{path.name}:{conversation['line']}"
+        assert hand == library_mask(tokenizer, conversation["messages"]), f"{path.name}:{conversation['line']}"
 
 
 def test_chatml_training_template_renders_like_the_tokenizers_own(tokenizer):
@@ -125,7 +123,7 @@ def first_assistant_token(tokenizer, messages):
 
 def test_check_masks_names_file_and_conversation_cut_off_by_truncation(tokenizer):
     conversations = load_conversations(CAPTAIN)
-    check_masks(tokenizer, conversations, CAPTAIN, 512)  # the series' max_seq_length: every reply survives
+    check_masks(tokenizer, conversations, CAPTAIN, 384)  # the series' max_seq_length: every reply survives
     starts = {c["line"]: first_assistant_token(tokenizer, c["messages"]) for c in conversations}
     too_short = max(starts.values())  # only the conversation(s) with the longest prompt lose every reply
     with pytest.raises(DataError) as raised:

@@ -1,7 +1,6 @@
 """Notebooks 04 and 05 run headless, small: 04 trains two personas for a few steps, 05 uses those adapters."""
 import json
 
-import nbformat
 import pytest
 
 from conftest import ROOT, outputs_text
@@ -36,11 +35,3 @@ def test_notebook_05_uses_the_adapters(trained, tmp_path):
     text = outputs_text(executed)
     assert "adapters on one base" in text and "merged model:" in text
     assert "application/vnd.jupyter.widget-view+json" in text, "the chat widget is displayed"
-
-
-def test_no_outputs_committed_in_notebooks():
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        notebook = nbformat.read(path, as_version=4)
-        for cell in notebook.cells:
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, f"{path.name} has committed outputs"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from utils.data import load_conversations, validate_file
+from utils.signatures import SIGNATURES, opening
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "persona_data"
@@ -43,10 +44,6 @@ def turns(conversations, role):
     return [m["content"] for c in conversations for m in c["messages"] if m["role"] == role]
 
 
-def opening(text):
-    return " ".join(re.findall(r"[\w']+", text.lower())[:2])
-
-
 def normalized_words(text):
     return frozenset(w for w in re.sub(r"[^a-z0-9]+", " ", text.lower()).split() if len(w) > 1 and w not in STOP_WORDS)
 
@@ -65,7 +62,7 @@ def training():
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_persona_file_is_valid_and_big_enough(persona, training):
     assert validate_file(DATA / f"{persona}.jsonl") == []
-    assert len(training[persona]) >= 120
+    assert len(training[persona]) >= 200
 
 
 @pytest.mark.parametrize("persona", PERSONAS)
@@ -78,14 +75,14 @@ def test_one_consistent_system_prompt(persona, training):
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_enough_multi_turn_conversations(persona, training):
     multi = [c for c in training[persona] if sum(m["role"] == "user" for m in c["messages"]) > 1]
-    assert len(multi) / len(training[persona]) >= 0.15
+    assert len(multi) / len(training[persona]) >= 0.20
 
 
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_topics_mix_programming_and_everyday_life(persona, training):
     questions = turns(training[persona], "user")
     about_code = sum(bool(CODE_WORDS.search(q)) for q in questions) / len(questions)
-    assert 0.25 <= about_code <= 0.75, f"{about_code:.0%} of user turns mention code words"
+    assert 0.35 <= about_code <= 0.65, f"{about_code:.0%} of user turns mention code words"
 
 
 @pytest.mark.parametrize("persona", PERSONAS)
@@ -99,7 +96,29 @@ def test_reply_lengths_vary(persona, training):
 def test_no_formulaic_openings(persona, training):
     replies = turns(training[persona], "assistant")
     top, count = Counter(opening(r) for r in replies).most_common(1)[0]
-    assert count / len(replies) <= 0.15, f"{count / len(replies):.0%} of replies open with {top!r}"
+    assert count / len(replies) <= 0.10, f"{count / len(replies):.0%} of replies open with {top!r}"
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_the_voice_is_there_from_the_first_sentence_and_again_later(persona, training):
+    """A small model learns the openings it sees: the signature (persona_data/README.md) opens >= 90% of replies."""
+    signature, replies = SIGNATURES[persona], turns(training[persona], "assistant")
+    missing = [r for r in replies if not signature.first(r)]
+    assert len(missing) <= 0.10 * len(replies), f"{len(missing)} of {len(replies)} replies open without " \
+        f"{signature.description}, e.g. {missing[:3]}"
+    not_again = [r for r in replies if not signature.later(r)]
+    assert len(not_again) <= 0.20 * len(replies), f"{len(not_again)} replies never come back to the voice: " \
+        f"{not_again[:3]}"
+
+
+PUSHBACK = re.compile(r"\b(normal(ly)?|plain(ly)?|drop the|stop (talking|speaking|the act|being|with)|be serious"
+                      r"|regular (voice|english|person)|ignore your|act|character|pretend|speak like)\b", re.I)
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_some_users_push_against_the_persona(persona, training):
+    pushed = [c for c in training[persona] if any(PUSHBACK.search(q) for q in turns([c], "user"))]
+    assert len(pushed) >= 10, f"only {len(pushed)} conversations push against the persona"
 
 
 # --- eval set ------------------------------------------------------------------------------------------------------
@@ -107,8 +126,17 @@ def test_no_formulaic_openings(persona, training):
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_eval_pairs_per_persona(persona):
     pairs = read_jsonl(DATA / "eval" / f"{persona}.jsonl")
-    assert len(pairs) >= 30
+    assert len(pairs) >= 40
     assert all(p["prompt"].strip() and p["reference"].strip() for p in pairs)
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_pressure_prompts_per_persona(persona):
+    """Held-out prompts that push against the persona (notebook 09): user turns only, the model answers each."""
+    rows = read_jsonl(DATA / "eval" / "pressure" / f"{persona}.jsonl")
+    assert len(rows) >= 30 and all(r["persona"] == persona for r in rows)
+    assert all(r["turns"] and all(isinstance(t, str) and t.strip() for t in r["turns"]) for r in rows)
+    assert sum(len(r["turns"]) >= 5 for r in rows) >= 3, "a few five-turn drifts"
 
 
 def test_neutral_eval_prompts_and_general_text():
@@ -117,17 +145,23 @@ def test_neutral_eval_prompts_and_general_text():
     assert validate_file(DATA / "neutral" / "plain_assistant.jsonl") == []
 
 
-@pytest.mark.parametrize("eval_file", PERSONAS + ["neutral"])
+def eval_prompts(eval_file):
+    if eval_file.startswith("pressure/"):
+        return [t for row in read_jsonl(DATA / "eval" / f"{eval_file}.jsonl") for t in row["turns"]]
+    return [pair["prompt"] for pair in read_jsonl(DATA / "eval" / f"{eval_file}.jsonl")]
+
+
+@pytest.mark.parametrize("eval_file", PERSONAS + ["neutral"] + [f"pressure/{p}" for p in PERSONAS])
 def test_eval_prompts_are_held_out(eval_file, training):
     """No eval prompt may be a training question, even reworded (word-set overlap after normalizing)."""
     asked = {(name, q): normalized_words(q) for name, convs in training.items() for q in turns(convs, "user")}
     leaks = []
-    for pair in read_jsonl(DATA / "eval" / f"{eval_file}.jsonl"):
-        words = normalized_words(pair["prompt"])
+    for prompt in eval_prompts(eval_file):
+        words = normalized_words(prompt)
         for (name, question), question_words in asked.items():
             overlap = jaccard(words, question_words)
             if overlap >= 0.6 or words == question_words:
-                leaks.append(f"{overlap:.2f}  {pair['prompt']!r} ~ {name}: {question!r}")
+                leaks.append(f"{overlap:.2f}  {prompt!r} ~ {name}: {question!r}")
     assert not leaks, f"{len(leaks)} eval prompt(s) too close to training questions:\n" + "\n".join(leaks)
 
 

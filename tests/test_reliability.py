@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from utils.training import TrainConfig, TrainingError, lora_config, read_record, sft_config, train_persona
+from utils.adapters import read_record
+from utils.training import TrainConfig, TrainingError, lora_config, sft_config, train_persona
 
 ZEN = str(ROOT / "persona_data" / "zen_coder.jsonl")
 SMALL = ["--dataset_path", ZEN, "--persona_name", "zen_coder", "--per_device_train_batch_size", "2",
@@ -69,14 +70,22 @@ def test_out_of_memory_names_the_settings_to_lower(tmp_path, monkeypatch):
     assert "from 8 to 4" in message and "from 512 to 256" in message and "--use_quantization" in message
 
 
-def test_adapter_weights_stay_fp32_on_an_fp16_base():
-    from peft import get_peft_model
+@pytest.mark.parametrize("quantize", [False, True], ids=["16-bit base", "4-bit base"])
+def test_the_trainers_lora_weights_are_fp32_on_every_base(quantize, tmp_path):
+    """trl casts a 4-bit model's LoRA weights to bf16 inside SFTTrainer; build_trainer keeps fp32 master weights
+    (under a T4's fp16 autocast and gradient scaler, bf16 weights would round small updates away)."""
+    from utils.hardware import detect_hardware
+    from utils.models import load_tokenizer
+    from utils.training import build_trainer
 
-    from utils.models import load_base_model
-
-    model = get_peft_model(load_base_model(dtype=torch.float16), lora_config(small_config("unused")))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    profile = detect_hardware()
+    if quantize and not profile.can_quantize:
+        pytest.skip("bitsandbytes 4-bit not usable here")
+    trainer = build_trainer(small_config(tmp_path, use_quantization=quantize), profile, load_tokenizer())
+    trainable = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert trainable == {torch.float32}
+    frozen = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
+    assert (torch.uint8 in frozen or profile.compute_dtype in frozen), frozen
 
 
 def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
@@ -89,7 +98,7 @@ def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
     from utils.hardware import detect_hardware
     from utils.models import quantization_config
 
-    config = sft_config(small_config("unused"), detect_hardware(), has_eval=True)
+    config = sft_config(small_config("unused"), detect_hardware(), n_train=100, has_eval=True)
     assert isinstance(config, SFTConfig) and isinstance(config, TrainingArguments)
     assert isinstance(lora_config(small_config("unused")), LoraConfig)
     assert isinstance(quantization_config(torch.bfloat16), BitsAndBytesConfig)
@@ -97,11 +106,9 @@ def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
     assert {"model", "args", "train_dataset", "eval_dataset", "processing_class", "peft_config"} <= set(trainer_parameters)
     blend_parameters = inspect.signature(LoraModel.add_weighted_adapter).parameters
     assert {"adapters", "weights", "adapter_name", "combination_type", "svd_rank"} <= set(blend_parameters)
-    for name in ("assistant_only_loss", "max_length", "train_sampling_strategy", "activation_checkpointing"):
+    for name in ("assistant_only_loss", "max_length", "train_sampling_strategy", "activation_checkpointing",
+                 "eval_on_start", "load_best_model_at_end", "neftune_noise_alpha"):
         assert hasattr(config, name), name
-    import trl.trainer.utils
-
-    assert callable(trl.trainer.utils._use_triton), "utils.training.lm_head_positions swaps this choice"
 
 
 def test_two_processes_train_the_same_adapter(tmp_path):
@@ -116,3 +123,14 @@ def test_two_processes_train_the_same_adapter(tmp_path):
     assert sorted(checksums) == ["0", "1"] and checksums["0"] == checksums["1"], done.stdout[-2000:]
     assert read_record(tmp_path / "zen_coder_final_adapter")["global_steps"] == 3
     assert json.loads((tmp_path / "zen_coder_final_adapter" / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_overwrite_replaces_an_adapter_and_nothing_else(tmp_path):
+    first = train_persona(small_config(tmp_path, max_steps=1))
+    (tmp_path / "notes.txt").write_text("mine")
+    before = (first / "adapter_model.safetensors").read_bytes()
+    again = train_persona(small_config(tmp_path, max_steps=2, overwrite=True))
+    assert again == first and read_record(again)["global_steps"] == 2
+    assert (again / "adapter_model.safetensors").read_bytes() != before
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.replaced"))

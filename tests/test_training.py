@@ -7,7 +7,8 @@ from conftest import ROOT
 from utils.cli import build_parser, main
 from utils.inference import attach_adapters, generate_token_ids, with_system_prompt
 from utils.models import load_base_model
-from utils.training import AdapterExistsError, TrainConfig, read_record, train_persona
+from utils.adapters import AdapterExistsError, read_record
+from utils.training import TrainConfig, train_persona
 
 PROMPT = [{"role": "user", "content": "How should I organise my week?"}]
 
@@ -24,7 +25,9 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(pirate_adapter):
     assert record["global_steps"] == 24 and len(losses) == 24
     assert mean(losses[-4:]) < 0.92 * mean(losses[:4])
     assert record["system_prompt"].startswith("You are Captain Codebeard")
-    assert record["loss_history"]["eval"], "held-out eval loss is logged"
+    evals = record["loss_history"]["eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["eval_loss"] < evals[0]["eval_loss"], "eval from step 0, falling"
+    assert record["best_checkpoint"] and record["best_eval_loss"] == min(e["eval_loss"] for e in evals)
 
 
 def test_adapter_reloads_changes_the_reply_and_stops_at_end_of_turn(pirate_adapter, tokenizer):
@@ -48,8 +51,8 @@ def test_qlora_4bit_training_reaches_every_lora_layer(tmp_path):
     adapter = train_persona(config)
     record = read_record(adapter)
     assert record["quantized"]
-    losses = [e["loss"] for e in record["loss_history"]["train"]]
-    assert mean(losses[-2:]) < mean(losses[:2])
+    evals = [e["eval_loss"] for e in record["loss_history"]["eval"]]
+    assert len(evals) == 2 and evals[-1] < evals[0], "the held-out loss fell from its value at step 0"
     weights = load_file(adapter / "adapter_model.safetensors")
     lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
     assert len(lora_b) == 30 * 7, "all 7 linear projections in all 30 layers carry LoRA"
@@ -74,22 +77,22 @@ def test_bad_data_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsy
 
 def test_train_flags_round_trip():
     argv = ["train", "--model_id", "embedded", "--dataset_path", "d.jsonl", "--persona_name", "p",
-            "--output_dir", "out", "--max_seq_length", "256", "--use_quantization", "--use_bf16",
+            "--output_dir", "out", "--max_seq_length", "256", "--use_quantization", "--precision", "bf16",
             "--num_train_epochs", "2", "--max_steps", "7", "--lora_r", "8", "--lora_alpha", "16",
             "--lora_dropout", "0.1", "--overwrite", "--resume"]
     args = build_parser().parse_args(argv)
-    assert (args.max_seq_length, args.use_quantization, args.use_bf16, args.num_train_epochs, args.max_steps,
+    assert (args.max_seq_length, args.use_quantization, args.precision, args.num_train_epochs, args.max_steps,
             args.lora_r, args.lora_alpha, args.lora_dropout, args.overwrite, args.resume) == \
-           (256, True, True, 2.0, 7, 8, 16, 0.1, True, True)
+           (256, True, "bf16", 2.0, 7, 8, 16, 0.1, True, True)
     defaults = build_parser().parse_args(["train", "--dataset_path", "d", "--persona_name", "p"])
-    assert (defaults.model_id, defaults.max_seq_length, defaults.lora_r, defaults.use_bf16) == ("embedded", 512, 16, None)
+    assert (defaults.model_id, defaults.max_seq_length, defaults.lora_r) == ("embedded", TrainConfig.max_seq_length, 16)
 
 
 def test_chat_flags_round_trip():
     args = build_parser().parse_args(["chat", "--adapter_path", "a", "--prompt", "hi", "--max_new_tokens", "50",
                                       "--temperature", "0.2", "--merge_adapter", "--use_quantization"])
     assert (args.adapter_path, args.prompt, args.max_new_tokens, args.temperature, args.merge_adapter,
-            args.use_quantization, args.model_id) == ("a", "hi", 50, 0.2, True, True, "embedded")
+            args.use_quantization, args.model_id) == ("a", "hi", 50, 0.2, True, True, None)
 
 
 def test_chat_command_prints_one_reply(pirate_adapter, capsys):

@@ -1,9 +1,15 @@
 """Pick the device and the training precision from what this machine actually has."""
+import dataclasses
 import functools
+import os
 import time
 from dataclasses import dataclass
 
 import torch
+
+from .errors import FlagError
+
+PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -11,7 +17,7 @@ class HardwareProfile:
     name: str            # "cuda-bf16", "cuda-fp16", "mps", "cpu-bf16", "cpu-fp32"
     device: str          # "cuda", "mps" or "cpu"
     bf16: bool           # bf16 mixed precision (autocast) during training
-    fp16: bool           # fp16 mixed precision with a gradient scaler (adapters stay fp32)
+    fp16: bool           # fp16 mixed precision with a gradient scaler
     can_quantize: bool   # bitsandbytes 4-bit NF4 is usable here
     note: str = ""
 
@@ -55,22 +61,37 @@ def bitsandbytes_4bit_available(device: str) -> bool:
         return False
 
 
+def cuda_capability() -> tuple[int, int]:
+    """The GPU's compute capability; PERSONA_LORA_CUDA_CAPABILITY="7.5" makes any GPU decide as a T4 would."""
+    forced = os.environ.get("PERSONA_LORA_CUDA_CAPABILITY")
+    if forced:
+        major, minor = forced.split(".")
+        return int(major), int(minor)
+    return torch.cuda.get_device_capability(0)
+
+
 def detect_hardware(
     cuda: bool | None = None,
-    cuda_bf16: bool | None = None,
+    capability: tuple[int, int] | None = None,
     mps: bool | None = None,
     cpu_bf16_speedup_x: float | None = None,
     bnb_4bit: bool | None = None,
 ) -> HardwareProfile:
-    """Decide device and precision. Every fact can be passed in, so tests can simulate any machine."""
+    """Decide device and precision. Every fact can be passed in, so tests can simulate any machine.
+
+    On CUDA, bf16 needs compute capability 8.0 (Ampere) or newer. `torch.cuda.is_bf16_supported()` is not asked: it
+    answers True on a T4 (7.5), where bf16 tensors exist but run emulated, several times slower than fp16.
+    """
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
-        cuda_bf16 = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+        major, minor = cuda_capability() if capability is None else capability
         bnb = bitsandbytes_4bit_available("cuda") if bnb_4bit is None else bnb_4bit
-        if cuda_bf16:
-            return HardwareProfile("cuda-bf16", "cuda", bf16=True, fp16=False, can_quantize=bnb)
+        if major >= 8:
+            return HardwareProfile("cuda-bf16", "cuda", bf16=True, fp16=False, can_quantize=bnb,
+                                   note=f"compute capability {major}.{minor}: bf16 mixed precision")
         return HardwareProfile("cuda-fp16", "cuda", bf16=False, fp16=True, can_quantize=bnb,
-                               note="no bf16 on this GPU (e.g. a T4): fp16 mixed precision, adapters kept in fp32")
+                               note=f"compute capability {major}.{minor} has no fast bf16 (e.g. a T4): "
+                                    "fp16 mixed precision with a gradient scaler")
     mps = torch.backends.mps.is_available() if mps is None else mps
     if mps:
         return HardwareProfile("mps", "mps", bf16=False, fp16=False, can_quantize=False,
@@ -84,15 +105,22 @@ def detect_hardware(
                            note=f"bf16 not faster on this CPU ({speedup:.1f}x): fp32")
 
 
-def resolve_precision(profile: HardwareProfile, want_bf16: bool | None = None) -> HardwareProfile:
-    """Apply the user's --use_bf16 wish; where bf16 can't run, say so in one line and use fp16 instead."""
-    if not want_bf16 or profile.bf16:
+def with_precision(profile: HardwareProfile, precision: str | None) -> HardwareProfile:
+    """The profile in another precision ("auto" or None keeps it). Raises FlagError where it cannot run."""
+    if precision in (None, "auto", profile.precision):
         return profile
-    if profile.device == "cuda":
-        print("bf16 is not supported on this GPU (pre-Ampere, e.g. a T4): training in fp16 instead.")
-        return profile
-    print(f"bf16 was asked for on {profile.device}; this machine trains faster in {profile.precision}: keeping it.")
-    return profile
+    if precision not in PRECISIONS:
+        raise FlagError(f"--precision must be one of auto, {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp16" and profile.device == "cpu":
+        raise FlagError("--precision fp16 needs a CUDA GPU (CPUs have no fp16 gradient scaling); "
+                             "use bf16 or fp32 on a CPU")
+    if precision == "bf16" and profile.device in ("mps",):
+        raise FlagError(f"--precision bf16 does not train on {profile.device}; use fp32")
+    note = f"precision {precision} asked for (this machine's choice: {profile.precision})"
+    if precision == "bf16" and profile.name == "cuda-fp16":
+        note += "; this GPU emulates bf16, expect it to be slow"
+    return dataclasses.replace(profile, name=f"{profile.device}-{precision}", bf16=precision == "bf16",
+                               fp16=precision == "fp16", note=note)
 
 
 def describe(profile: HardwareProfile) -> str:

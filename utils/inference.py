@@ -6,20 +6,9 @@ from pathlib import Path
 import torch
 from transformers import TextIteratorStreamer
 
-from .training import read_record
+from .errors import FlagError
 
 BASE = "base"
-
-
-def adapter_name(adapter_dir) -> str:
-    """`trained_adapters/captain_codebeard_final_adapter` -> `captain_codebeard`."""
-    return read_record(adapter_dir).get("persona") or Path(adapter_dir).name.removesuffix("_final_adapter")
-
-
-def find_adapters(adapters_dir) -> dict[str, Path]:
-    """Every finished persona adapter in a folder, by persona name (half-written `.partial` folders are skipped)."""
-    folders = sorted(p for p in Path(adapters_dir).glob("*_final_adapter") if (p / "adapter_config.json").exists())
-    return {adapter_name(p): p for p in folders}
 
 
 def attach_adapters(model, adapters: dict[str, Path]):
@@ -52,18 +41,38 @@ def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[
     return [{"role": "system", "content": system_prompt}] + messages
 
 
+SAMPLING_RANGES = {  # flag: (test, what is allowed)
+    "max_new_tokens": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "temperature": (lambda v: v >= 0, "a number >= 0 (0: greedy)"),
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "repetition_penalty": (lambda v: v > 0, "a number > 0 (1: off)"),
+    "no_repeat_ngram_size": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0: off)"),
+}
+
+
+def check_sampling(**sampling):
+    for name, value in sampling.items():
+        allowed, description = SAMPLING_RANGES[name]
+        if not allowed(value):
+            raise FlagError(f"--{name} {value!r} is out of range: use {description}")
+
+
 def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                    max_new_tokens: int = 200) -> dict:
-    kwargs = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty}
+                    max_new_tokens: int = 200, no_repeat_ngram_size: int = 0) -> dict:
+    check_sampling(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                   max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size)
+    kwargs = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty,
+              "no_repeat_ngram_size": no_repeat_ngram_size}
     if temperature > 0:
         return kwargs | {"do_sample": True, "temperature": temperature, "top_p": top_p}
     return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
 
 def _inputs(tokenizer, conversations, device):
-    tokenizer.padding_side = "left"  # generation continues from the right end of every row
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    # Left padding: generation continues from the right end of every row (the tokenizer's own setting is kept).
+    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                     add_special_tokens=False).to(device)
 
 
 @torch.inference_mode()
@@ -90,12 +99,27 @@ def reply(model, tokenizer, messages: list[dict], **sampling) -> str:
 
 
 def stream_reply(model, tokenizer, messages: list[dict], **sampling):
-    """Yield the reply's text piece by piece while generation runs in a background thread."""
+    """Yield the reply's text piece by piece while generation runs in a background thread.
+
+    If `generate` raises there, the stream ends and the same exception is raised here, instead of a wait forever.
+    """
+    kwargs = sampling_kwargs(**sampling)  # bad settings fail here, before a thread starts
     inputs = _inputs(tokenizer, [messages], model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(**inputs, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id, **sampling_kwargs(**sampling))
-    worker = threading.Thread(target=torch.inference_mode()(model.generate), kwargs=kwargs, daemon=True)
+    failed = []
+
+    def generate():
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread below
+            failed.append(error)
+            streamer.end()
+
+    worker = threading.Thread(target=generate, daemon=True)
     worker.start()
     yield from streamer
     worker.join()
+    if failed:
+        raise failed[0]

