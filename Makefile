@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean-outputs
+.PHONY: run test test-fast exercises setup clean-outputs
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+test-fast: $(STAMP)  # the unit tier: no training, no notebooks, no browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+exercises: $(STAMP)  # build/exercises/: the series without solutions, for handing out
+	$(PY) scripts/make_exercises.py
 
 clean-outputs:
 	rm -rf build

@@ -7,6 +7,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,28 @@ def inject_parameters(notebook, params: dict):
     notebook.cells.insert(index + 1, cell)
 
 
+def tags(cell) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def solution_code(cell) -> str:
+    return re.search(r"```python\n(.*?)```", cell.source, re.S).group(1)
+
+
+def exercises(notebook) -> list[tuple[int, int]]:
+    """(stub cell, solution cell) index pairs: each cell tagged "solution" with the nearest cell tagged "exercise"
+    (the code the learner fills in)."""
+    stubs = [i for i, c in enumerate(notebook.cells) if "exercise" in tags(c)]
+    solutions = [i for i, c in enumerate(notebook.cells) if "solution" in tags(c)]
+    return [(min(stubs, key=lambda stub: abs(stub - i)), i) for i in solutions]
+
+
+def solve_exercises(notebook):
+    """Each exercise solved: its stub cell runs, then its solution's code (which redefines what the stub left empty)."""
+    for stub, solution in exercises(notebook):
+        notebook.cells[stub].source += "\n\n# the solution\n" + solution_code(notebook.cells[solution])
+
+
 def announce_cells(notebook, name: str):
     """A hook that prints which code cell runs, "04 cell 12/20", so a long notebook is visibly alive."""
     code = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
@@ -45,9 +68,12 @@ def announce_cells(notebook, name: str):
 
 
 def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, timeout: int = 1800,
-                 progress: bool = False) -> Path:
+                 progress: bool = False, solved: bool = False) -> Path:
+    """Execute one notebook (its parameters overridden, its exercises solved if asked); returns the executed copy."""
     notebook = nbformat.read(path, as_version=4)
     inject_parameters(notebook, params or {})
+    if solved:
+        solve_exercises(notebook)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
     # IPC sockets, not TCP: a local kernel needs no network port (and ipykernel warns about unencrypted TCP).

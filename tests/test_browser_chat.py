@@ -31,15 +31,17 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install playwright")
 
 
-def chat_notebook(adapter_dir: Path) -> nbformat.NotebookNode:
-    """The smallest notebook that shows the persona chat: one base model, the pirate adapter, short replies."""
+def chat_notebook(adapter_dir: Path, feedback: Path) -> nbformat.NotebookNode:
+    """The smallest notebook that shows the persona chat: one base model, the pirate adapter, short replies, and the
+    thumbs that save ratings to `feedback`."""
     code = f"""import sys
 sys.path.insert(0, {str(ROOT)!r})
 from utils.chat import PersonaChat, chat_widget
 from utils.loading import load_personas
 
 personas = load_personas({str(adapter_dir)!r})
-chat = PersonaChat(personas.model, personas.tokenizer, personas.system_prompts, max_new_tokens=12)
+chat = PersonaChat(personas.model, personas.tokenizer, personas.system_prompts, max_new_tokens=12,
+                   feedback_file={str(feedback)!r})
 chat_widget(chat)"""
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -69,7 +71,7 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 60):
 def lab(pirate_adapter, tmp_path_factory):
     """A JupyterLab server on localhost serving a folder with the chat notebook; yields the notebook's URL."""
     folder = tmp_path_factory.mktemp("lab")
-    nbformat.write(chat_notebook(pirate_adapter), folder / "chat.ipynb")
+    nbformat.write(chat_notebook(pirate_adapter, folder / "feedback.jsonl"), folder / "chat.ipynb")
     for plugin, values in LAB_SETTINGS.items():
         path = folder / "settings" / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,7 @@ def lab(pirate_adapter, tmp_path_factory):
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/api/status?token={token}", server)
-        yield f"http://127.0.0.1:{port}/lab/tree/chat.ipynb?token={token}"
+        yield f"http://127.0.0.1:{port}/lab/tree/chat.ipynb?token={token}", folder / "feedback.jsonl"
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -124,10 +126,13 @@ def talk(page, message: str, speaker: str):
 
 
 def test_chat_in_a_real_browser(lab, page):
+    from utils.preference import feedback_pairs
+
+    url, feedback = lab
     screenshot = SCREENSHOTS / "persona_chat.png"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
-        page.goto(lab)
+        page.goto(url)
         page.locator(".jp-Notebook").wait_for(timeout=60_000)
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)  # the kernel is up: run
         page.get_by_text("Run", exact=True).first.click()  # the Run menu
@@ -135,6 +140,13 @@ def test_chat_in_a_real_browser(lab, page):
         page.get_by_role("button", name="Send").wait_for(timeout=120_000)  # the kernel displayed the widget
 
         talk(page, "Ahoy! Any tips on naming variables?", PIRATE)
+        page.get_by_role("button", name="👍 good reply").click()
+        page.get_by_text("saved as a good reply").wait_for(timeout=30_000)
+        page.get_by_role("button", name="try again").click()  # a new sample for the same message
+        page.wait_for_function("!document.querySelector('.persona-chat-log').innerText.includes('saved as')")
+        wait_for_reply(page, PIRATE)
+        page.get_by_role("button", name="👎 bad reply").click()
+        page.get_by_text("saved as a bad reply").wait_for(timeout=30_000)
         page.locator(".widget-dropdown select").first.select_option("base")
         page.wait_for_function("!document.querySelector('.persona-chat-log').innerText.includes('Ahoy')")
         talk(page, "Hello, who are you?", "base")
@@ -143,3 +155,7 @@ def test_chat_in_a_real_browser(lab, page):
     finally:  # also on failure: the page as it was is the best clue
         page.screenshot(path=screenshot, full_page=True)
     assert screenshot.stat().st_size > 10_000
+    ratings = [json.loads(line) for line in feedback.read_text().splitlines()]
+    assert [r["good"] for r in ratings] == [True, False] and ratings[0]["prompt"] == ratings[1]["prompt"]
+    assert len(feedback_pairs(feedback, PIRATE)) == (ratings[0]["reply"] != ratings[1]["reply"]), \
+        "the two ratings make one preference pair, in the format notebook 09 trains on"

@@ -23,14 +23,14 @@ def shipped(pirate_adapter, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb08")
     params = {"ADAPTER_PATH": str(pirate_adapter), "OUT_DIR": str(out / "shipped"), "FIGURES_DIR": str(out),
               "GGUF_TYPES": ["f16"], "PROMPTS": PROMPTS, "MAX_NEW_TOKENS": NEW_TOKENS}
-    executed = run_notebook(ROOT / "notebooks" / "08_ship_a_persona.ipynb", params, out_dir=out)
+    executed = run_notebook(ROOT / "notebooks" / "08_ship_a_persona.ipynb", params, out_dir=out, solved=True)
     return out, outputs_text(executed)
 
 
 def test_notebook_08_runs_top_to_bottom(shipped):
     out, text = shipped
     assert (out / "08_sizes.png").stat().st_size > 10_000
-    assert "not solved yet" in text, "the exercise check runs (unsolved) without failing"
+    assert "correct: the k_proj rows are back" in text, "the exercise's solution passes its check"
 
 
 def test_package_folder_holds_adapter_tokenizer_record_and_card(shipped):

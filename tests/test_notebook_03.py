@@ -25,6 +25,9 @@ def test_notebook_proves_each_claim_and_saves_the_figure(executed):
     out, notebook = executed
     text = printed(notebook)
     assert "max |logits - base logits| = 0.000e+00" in text
+    assert "your LoRALayer vs utils.lora.LoRALinear" in text
+    first, last = map(float, re.search(r"loss: step 1 ([\d.]+) -> step 100 [\d.]+ -> step 300 ([\d.]+)", text).groups())
+    assert last < 0.01 * first, "the hand-written layer learns"
     for proof in ("(1) B = 0 leaves the model unchanged", "(2) hand-written LoRA == peft LoRA",
                   "(3) merged == unmerged", "(4) training changed only A and B"):
         assert f"Proof {proof}" in text

@@ -25,7 +25,8 @@ def test_notebook_06_evaluates_blends_and_chats(pirate_adapter, tmp_path):
     params = {"ADAPTERS_DIR": str(pirate_and_twin(pirate_adapter, tmp_path / "adapters")), "MAX_PROMPTS": 2,
               "MAX_NEW_TOKENS": 8, "BLEND_WEIGHTS": [0.0, 0.5, 1.0], "BLEND_PROMPTS": 2,
               "TRAP_COMBINATIONS": ["linear", "cat"], "FIGURES_DIR": str(tmp_path)}
-    executed = run_notebook(ROOT / "notebooks" / "06_evaluate_and_blend.ipynb", params, out_dir=tmp_path)
+    executed = run_notebook(ROOT / "notebooks" / "06_evaluate_and_blend.ipynb", params, out_dir=tmp_path,
+                            solved=True)
 
     report = json.loads((tmp_path / "persona_metrics.json").read_text())
     assert set(report["personas"]) == {"captain_codebeard", "zen_coder"}
@@ -37,4 +38,4 @@ def test_notebook_06_evaluates_blends_and_chats(pirate_adapter, tmp_path):
     assert "the whole difference is the cross terms" in text
     assert "application/vnd.jupyter.widget-view+json" in text, "the chat with its blend slider is displayed"
     assert "blend_70_captain_codebeard_30_zen_coder:" in text
-    assert "not solved yet" in text, "the exercise check runs (unsolved) without failing"
+    assert "correct: your blend is exactly" in text, "the exercise's solution passes its check"

@@ -104,3 +104,25 @@ def test_chat_command_prints_one_reply(pirate_adapter, capsys):
 def test_record_is_json(pirate_adapter):
     record = json.loads((pirate_adapter / "persona.json").read_text())
     assert record["settings"]["persona_name"] == "captain_codebeard"
+
+
+def test_the_adapter_ships_the_base_template_and_the_callers_tokenizer_is_untouched(pirate_adapter, tokenizer):
+    from transformers import AutoTokenizer
+
+    from utils.masking import CHATML_TRAINING_TEMPLATE
+
+    saved = AutoTokenizer.from_pretrained(pirate_adapter)
+    assert "generation" not in saved.chat_template, "the training-only {% generation %} markers stay out"
+    assert saved.chat_template == tokenizer.chat_template != CHATML_TRAINING_TEMPLATE
+
+
+def test_target_checks_hold_and_fail_where_they_should():
+    from utils.evaluate import check_targets
+
+    good = {"style_accuracy_adapter": 0.95, "style_accuracy_base": 0.0, "style_accuracy_prompted": 0.3,
+            "style_accuracy_fewshot": 0.5, "nll_adapter": 3.0, "nll_base": 4.0, "ppl_general_adapter": 20.0,
+            "ppl_general_base": 19.0, "repetition_rate_adapter": 0.0}
+    assert all(check_targets({"personas": {"p": good}})["p"].values())
+    bad = good | {"style_accuracy_fewshot": 0.7, "nll_adapter": 3.5, "repetition_rate_adapter": 0.1}
+    failed = {t for t, held in check_targets({"personas": {"p": bad}})["p"].items() if not held}
+    assert failed == {"adapter >= 0.3 above prompted and few-shot", "NLL >= 25% below base", "repetition <= 0.05"}

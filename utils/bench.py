@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from .fastpath import lm_head_positions
-from .measure import (PeakMemory, counting_collator, flops_per_token, matmul_params, model_flops_utilisation,
-                      release_freed_memory, step_timer)
+from .measure import (PeakMemory, counting_collator, flops_per_token, matmul_params, measure_peaks,
+                      model_flops_utilisation, release_freed_memory, step_timer)
 from .training import TrainConfig, build_trainer
 
 PERSONA_FILE = Path(__file__).resolve().parents[1] / "persona_data" / "zen_coder.jsonl"
@@ -133,11 +133,27 @@ def run_setting(setting: Setting, profile, tokenizer, peaks: dict, model_id: str
                   model_flops_utilisation(tokens_per_second, flops, peaks[precision]), memory.peak_bytes / 2**20)
 
 
-def rescore_mfu(results: list[Result], peaks: dict):
-    """MFU against the best peaks seen (other jobs on a machine come and go)."""
+def run_comparison(settings: list[Setting], profile, model_config: str = "embedded", steps: int = 4,
+                   batch_size: int = 8, progress=None) -> tuple[list[Result], dict]:
+    """Every setting in turn, then MFU against the best matmul peaks measured before and after (other jobs on a
+    machine come and go). Returns the results and those peaks."""
+    from .models import load_tokenizer
+    from .random_models import random_checkpoint
+
+    quiet_libraries()
+    model_id = "embedded" if model_config == "embedded" else str(random_checkpoint(model_config))
+    tokenizer = load_tokenizer("embedded")  # the data is tokenized the same way for every architecture
+    peaks = measure_peaks(profile.device)
+    results = []
+    for setting in settings:
+        if progress:
+            progress(setting.label)
+        results.append(run_setting(setting, profile, tokenizer, peaks, model_id, steps, batch_size))
+    peaks = measure_peaks(profile.device, earlier=peaks)
     for result in results:
         result.mfu = model_flops_utilisation(result.real_tokens_per_second, result.flops_per_token,
                                              peaks[result.precision])
+    return results, peaks
 
 
 def format_table(results: list[Result], peaks: dict, device: str) -> str:

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from .adapters import RECORD_FILE, read_record
+from .adapters import RECORD_FILE
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model the embedded copy was quantized from
 BASE_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0"}  # id prefix -> license; others: check the base's card

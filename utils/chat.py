@@ -1,5 +1,7 @@
 """The persona chat: conversation logic (unit-tested without a browser) and its ipywidgets front end."""
 import html
+import json
+from pathlib import Path
 
 from .inference import BASE, persona, stream_reply, with_system_prompt
 
@@ -12,7 +14,7 @@ class PersonaChat:
     """One base model, several persona adapters, a running conversation per persona."""
 
     def __init__(self, model, tokenizer, system_prompts: dict[str, str | None], max_input_chars=MAX_INPUT_CHARS,
-                 **sampling):
+                 feedback_file=None, **sampling):
         self.model, self.tokenizer = model, tokenizer
         self.system_prompts = {BASE: None, **system_prompts}
         self.personas = list(self.system_prompts)
@@ -20,6 +22,7 @@ class PersonaChat:
         self.current = self.personas[-1]
         self.max_input_chars = max_input_chars
         self.sampling = {"max_new_tokens": 120, **CHAT_SAMPLING} | sampling
+        self.feedback_file = Path(feedback_file) if feedback_file else None
 
     def switch(self, name: str):
         if name not in self.histories:
@@ -62,6 +65,28 @@ class PersonaChat:
                 on_piece(piece)
         return reply.strip()
 
+    def rate(self, good: bool) -> dict | None:
+        """Thumbs up or down for the current persona's last reply, appended to `feedback_file` as one JSON line:
+        `{"persona", "prompt", "reply", "good"}`. Notebook 09 turns a prompt's good and bad replies into pairs."""
+        history = self.histories[self.current]
+        if len(history) < 2 or not self.feedback_file:
+            return None
+        prompt = with_system_prompt(history[:-1], self.system_prompts[self.current])
+        record = {"persona": self.current, "prompt": prompt, "reply": history[-1]["content"], "good": good}
+        self.feedback_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.feedback_file.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return record
+
+    def retry(self) -> str | None:
+        """Drop the current persona's last reply and return the message it answered, to ask again (a new sample)."""
+        history = self.histories[self.current]
+        if len(history) < 2:
+            return None
+        asked = history[-2]["content"]
+        del history[-2:]
+        return asked
+
     def side_by_side(self, text: str) -> dict[str, str]:
         """The base model's and the current persona's replies to the same message."""
         return {name: self.send(text, name) for name in dict.fromkeys([BASE, self.current])}
@@ -85,6 +110,8 @@ def chat_widget(chat: PersonaChat):
     side = w.Checkbox(value=False, description="side by side with base")
     box = w.Text(placeholder="Say something ...", layout=w.Layout(width="70%"))
     send, clear = w.Button(description="Send", button_style="primary"), w.Button(description="Clear")
+    good, bad, again = (w.Button(description=d, layout=w.Layout(width="auto"))
+                        for d in ("👍 good reply", "👎 bad reply", "try again"))
     log = w.HTML(render_history([], chat.current))
     base_log = w.HTML("")
 
@@ -93,8 +120,8 @@ def chat_widget(chat: PersonaChat):
         base_log.value = (render_history(chat.histories[BASE], BASE, base_pending or "")
                           if side.value and chat.current != BASE else "")
 
-    def on_send(_=None):
-        message, notice = chat.prepare_input(box.value)
+    def on_send(_=None, message=None):
+        message, notice = (message, None) if message else chat.prepare_input(box.value)
         if message is None:
             return refresh(notice)
         box.value, send.disabled = "", True
@@ -120,11 +147,27 @@ def chat_widget(chat: PersonaChat):
             chat.histories[BASE] = []
         refresh()
 
+    def on_rate(is_good):
+        saved = chat.rate(is_good)
+        refresh(f"saved as a {'good' if is_good else 'bad'} reply in {chat.feedback_file}" if saved else
+                "nothing to rate yet" if chat.feedback_file else "no feedback_file given to PersonaChat")
+
+    def on_again(_):
+        asked = chat.retry()
+        if asked:
+            on_send(message=asked)
+
     send.on_click(on_send)
     clear.on_click(on_clear)
+    good.on_click(lambda _: on_rate(True))
+    bad.on_click(lambda _: on_rate(False))
+    again.on_click(on_again)
     choose.observe(on_switch, names="value")
     side.observe(lambda _: refresh(), names="value")
-    panel = w.VBox([w.HBox([choose, side]), w.HBox([log, base_log]), w.HBox([box, send, clear])])
+    rows = [w.HBox([choose, side]), w.HBox([log, base_log]), w.HBox([box, send, clear])]
+    if chat.feedback_file:
+        rows.append(w.HBox([good, bad, again]))
+    panel = w.VBox(rows)
     panel.controls = {"persona": choose, "side": side, "text": box, "send": send, "clear": clear, "log": log,
-                      "base_log": base_log}
+                      "base_log": base_log, "good": good, "bad": bad, "again": again}
     return panel

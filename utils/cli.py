@@ -1,12 +1,9 @@
-"""`python -m utils <command>`: the series from the shell, with the same code the notebooks use.
-
-All argument parsing and printing live here; every other module returns values or raises a PersonaLoraError,
-whose one-line message is printed once, below, without a traceback.
-"""
+"""`python -m utils <command>`: the series from the shell, with the same code the notebooks use. All argument
+parsing and printing live here; every other module returns values or raises a PersonaLoraError, whose one-line
+message is printed once, below, without a traceback."""
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from .errors import FlagError, PersonaLoraError
 from .gguf_export import GGUF_TYPES
@@ -14,12 +11,14 @@ from .hardware import PRECISIONS
 from .training import TrainConfig
 
 
-def add_train_arguments(parser):
-    defaults = TrainConfig(dataset_path="", persona_name="")
-    parser.add_argument("--dataset_path", required=True)
-    parser.add_argument("--persona_name", required=True, help="picks this persona's rows from a mixed file")
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in ("dataset_path", "persona_name", "precision"):
+def add_config_arguments(parser, config_class, required: dict):
+    """One flag per field of a config dataclass: `required` ones first (with their help), then the rest with the
+    dataclass' defaults; --precision (and its alias --use_bf16) is shared by every command that trains or runs."""
+    for name, help_text in required.items():
+        parser.add_argument(f"--{name}", required=True, help=help_text)
+    defaults = config_class(**dict.fromkeys(required, ""))
+    for field in dataclasses.fields(config_class):
+        if field.name in (*required, "precision"):
             continue
         default = getattr(defaults, field.name)
         if isinstance(default, bool):
@@ -27,6 +26,11 @@ def add_train_arguments(parser):
         else:
             parser.add_argument(f"--{field.name}", type=type(default), default=default)
     add_precision_arguments(parser)
+
+
+def config_from(args, config_class):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if f.name != "precision"}
+    return config_class(**values, precision=precision_of(args))
 
 
 def add_precision_arguments(parser):
@@ -73,10 +77,18 @@ def add_bench_arguments(parser):
     add_precision_arguments(parser)
 
 
+def add_prefer_arguments(parser):
+    from .preference import PreferConfig
+
+    add_config_arguments(parser, PreferConfig, {"adapter_path": "the SFT adapter (*_final_adapter) to tune"})
+    parser.add_argument("--evaluate", metavar="OUT_JSON", help="then write SFT vs SFT+DPO metrics to this file")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m utils", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_train_arguments(commands.add_parser("train", help="train a persona LoRA adapter"))
+    add_config_arguments(commands.add_parser("train", help="train a persona LoRA adapter"), TrainConfig,
+                         {"dataset_path": None, "persona_name": "picks this persona's rows from a mixed file"})
     add_chat_arguments(commands.add_parser("chat", help="talk to a persona"))
     validate = commands.add_parser("validate", help="check persona data files")
     validate.add_argument("paths", nargs="+")
@@ -91,6 +103,8 @@ def build_parser():
     evaluate.add_argument("--out", default="figures/persona_metrics.json")
     evaluate.add_argument("--max_prompts", type=int, default=None, help="eval prompts per persona (default: all)")
     evaluate.add_argument("--max_new_tokens", type=int, default=128)
+    commands.add_parser("doctor", help="is this machine ready for the series? (under a minute)")
+    add_prefer_arguments(commands.add_parser("prefer", help="DPO on top of a persona's SFT adapter (notebook 09)"))
     sweep = commands.add_parser("sweep", help="train one persona with several recipes, score each (notebook 06)")
     sweep.add_argument("--persona", default="professor_snugglesworth")
     sweep.add_argument("--recipes", nargs="*", help="labels of utils.sweep.RECIPES (default: all)")
@@ -107,16 +121,16 @@ def precision_of(args) -> str:
     return args.precision or ("bf16" if args.use_bf16 else "auto")
 
 
-def at_least(flag: str, value, minimum):
-    if value is not None and value < minimum:
-        raise FlagError(f"{flag} {value} is out of range: use a number >= {minimum}")
+def at_least(minimum, **flags):
+    for flag, value in flags.items():
+        if value is not None and value < minimum:
+            raise FlagError(f"--{flag} {value} is out of range: use a number >= {minimum}")
 
 
 def run_train(args):
     from .training import train_persona
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "precision"}
-    train_persona(TrainConfig(**values, precision=precision_of(args)))
+    train_persona(config_from(args, TrainConfig))
 
 
 def run_validate(args):
@@ -124,7 +138,7 @@ def run_validate(args):
 
     tokenizer = None
     if args.max_seq_length:
-        at_least("--max_seq_length", args.max_seq_length, 1)
+        at_least(1, max_seq_length=args.max_seq_length)
         from .models import load_tokenizer
 
         tokenizer = load_tokenizer(args.model_id)
@@ -136,52 +150,42 @@ def run_validate(args):
     return 1 if errors else 0
 
 
+def typed_turns(prompt: str | None):
+    """The one --prompt, or what the user types until "exit" or "quit"."""
+    if prompt:
+        yield prompt
+        return
+    while (text := input("you> ").strip()) not in ("exit", "quit"):
+        if text:
+            yield text
+
+
 def run_chat(args):
     from .hardware import detect_hardware, with_precision
     from .inference import check_sampling, stream_reply, with_system_prompt
-    from .loading import adapter_folders, load_personas
+    from .loading import load_for_chat
 
     sampling = dict(temperature=args.temperature, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                     max_new_tokens=args.max_new_tokens)
     check_sampling(**sampling)
     profile = with_precision(detect_hardware(), precision_of(args))  # checked before any model loads
-    dtype = None if precision_of(args) == "auto" else profile.compute_dtype
     if args.use_quantization and args.merge_adapter:
         print("--merge_adapter merges into an unquantized base (merging into 4-bit weights loses quality).")
-    if args.adapter_path:
-        adapter_folders(args.adapter_path)  # a folder with no adapter fails here, not in peft
-        personas = load_personas(args.adapter_path, args.model_id, profile, args.use_quantization, dtype,
-                                 merge=args.merge_adapter)
-        model, tokenizer = personas.model, personas.tokenizer
-        system_prompt = args.system_prompt or next(iter(personas.system_prompts.values()))
-    else:
-        from .models import load_base_model, load_tokenizer
-
-        model_id = args.model_id or "embedded"
-        tokenizer = load_tokenizer(model_id)
-        model = load_base_model(model_id, profile, quantize=args.use_quantization, dtype=dtype)
-        system_prompt = args.system_prompt
+    model, tokenizer, recorded_prompt = load_for_chat(args.adapter_path, args.model_id, profile,
+                                                      args.use_quantization, precision_of(args), args.merge_adapter)
     history = []
-    prompts = [args.prompt] if args.prompt else None
-    while True:
-        text = prompts.pop(0) if prompts is not None else input("you> ").strip()
-        if prompts is None and text in ("", "exit", "quit"):
-            if text:
-                return 0
-            continue
+    for text in typed_turns(args.prompt):
         history.append({"role": "user", "content": text})
-        pieces = []
-        print("persona> " if prompts is None else "", end="", flush=True)
-        for piece in stream_reply(model, tokenizer, with_system_prompt(history, system_prompt), **sampling):
-            pieces.append(piece)
-            print(piece, end="", flush=True)
+        print("" if args.prompt else "persona> ", end="", flush=True)
+        messages = with_system_prompt(history, args.system_prompt or recorded_prompt)
+        pieces = [print(piece, end="", flush=True) or piece for piece in
+                  stream_reply(model, tokenizer, messages, **sampling)]
         print()
         history.append({"role": "assistant", "content": "".join(pieces).strip()})
-        if prompts is not None:
-            return 0
+    return 0
 
 
-def ship(folder: Path, repo_id: str | None):
+def ship(folder, repo_id: str | None):
     from .hub import file_sizes, push_to_hub
 
     for name, size in file_sizes(folder).items():
@@ -208,27 +212,16 @@ def run_merge(args):
 def run_bench(args):
     from . import bench
     from .hardware import describe, detect_hardware, with_precision
-    from .measure import measure_peaks
-    from .models import load_tokenizer
-    from .random_models import random_checkpoint
 
-    at_least("--steps", args.steps, 1)
-    at_least("--batch_size", args.batch_size, 1)
+    at_least(1, steps=args.steps, batch_size=args.batch_size)
     profile = detect_hardware(cuda=args.device == "cuda" if args.device else None)
     precision = precision_of(args)
     with_precision(profile, precision)  # an impossible precision fails before any model loads
-    bench.quiet_libraries()
     print(describe(profile))
+    settings = bench.comparison(args.use_quantization, None if precision == "auto" else precision, args.sweep)
     steps, batch_size = (2, 2) if args.quick else (args.steps, args.batch_size)
-    model_id = "embedded" if args.model_config == "embedded" else str(random_checkpoint(args.model_config))
-    tokenizer = load_tokenizer("embedded")
-    peaks = measure_peaks(profile.device)
-    results = []
-    for setting in bench.comparison(args.use_quantization, None if precision == "auto" else precision, args.sweep):
-        print(f"... {setting.label}", flush=True)
-        results.append(bench.run_setting(setting, profile, tokenizer, peaks, model_id, steps, batch_size))
-    peaks = measure_peaks(profile.device, earlier=peaks)
-    bench.rescore_mfu(results, peaks)
+    results, peaks = bench.run_comparison(settings, profile, args.model_config, steps, batch_size,
+                                          progress=lambda label: print(f"... {label}", flush=True))
     print(bench.format_table(results, peaks, profile.device))
     print(bench.summary_line(results[1], results[0]))
     return 0
@@ -237,10 +230,9 @@ def run_bench(args):
 def run_evaluate(args):
     from .evaluate import evaluate_adapters, metrics_table
 
-    at_least("--max_prompts", args.max_prompts, 1)
-    at_least("--max_new_tokens", args.max_new_tokens, 1)
+    at_least(1, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens)
     report = evaluate_adapters(args.adapters_dir, args.out, max_prompts=args.max_prompts,
-                               max_new_tokens=args.max_new_tokens)
+                               max_new_tokens=args.max_new_tokens, progress=print)
     print(metrics_table(report).round(3).to_string())
     print(f"style classifier on held-out references: {report['classifier_accuracy_on_references']:.3f}")
     for name, checks in report["targets"].items():
@@ -250,24 +242,46 @@ def run_evaluate(args):
 
 
 def run_sweep(args):
-    from .sweep import RECIPES, run_sweep, save_sweep, sweep_table
+    from .sweep import check_sweep, run_sweep, save_sweep, sweep_table
 
-    unknown = [label for label in args.recipes or [] if label not in RECIPES]
-    if unknown:
-        raise FlagError(f"--recipes: unknown {unknown}; choose from {list(RECIPES)}")
-    if not (Path(__file__).resolve().parents[1] / "persona_data" / f"{args.persona}.jsonl").exists():
-        raise FlagError(f"--persona {args.persona}: no persona_data/{args.persona}.jsonl")
-    at_least("--max_prompts", args.max_prompts, 1)
-    at_least("--max_new_tokens", args.max_new_tokens, 1)
-    rows = run_sweep(args.persona, args.recipes, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens)
-    save_sweep(rows, args.persona, args.out, {"max_prompts": args.max_prompts, "max_new_tokens": args.max_new_tokens})
+    check_sweep(args.persona, args.recipes)
+    at_least(1, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens)
+    settings = {"max_prompts": args.max_prompts, "max_new_tokens": args.max_new_tokens}
+    rows = run_sweep(args.persona, args.recipes, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens,
+                     progress=print, on_row=lambda rows: save_sweep(rows, args.persona, args.out, settings))
     print(sweep_table(rows).round(3).to_string())
     print(f"wrote {args.out}")
     return 0
 
 
-RUNNERS = {"train": run_train, "chat": run_chat, "validate": run_validate, "package": run_package,
-           "merge": run_merge, "bench": run_bench, "evaluate": run_evaluate, "sweep": run_sweep}
+def run_prefer(args):
+    from .evaluate import evaluate_preference, save_report
+    from .preference import PreferConfig, prefer_persona
+
+    adapter = prefer_persona(config_from(args, PreferConfig))
+    print(f"saved the DPO adapter to {adapter}")
+    if args.evaluate:
+        report = evaluate_preference(args.adapter_path, adapter)
+        save_report(report, args.evaluate)
+        for name, metrics in report["personas"].items():
+            print(name + ": " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return 0
+
+
+def run_doctor(args):
+    from .doctor import all_checks, blocked
+
+    checks = all_checks()
+    for check in checks:
+        print(check.line())
+    verdict = blocked(checks)
+    print("NOT READY: fix the FAIL lines above" if verdict else "ready for the series")
+    return 1 if verdict else 0
+
+
+RUNNERS = {"doctor": run_doctor, "prefer": run_prefer, "train": run_train, "chat": run_chat,
+           "validate": run_validate, "package": run_package, "merge": run_merge, "bench": run_bench,
+           "evaluate": run_evaluate, "sweep": run_sweep}
 
 
 def main(argv=None):

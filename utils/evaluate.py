@@ -76,8 +76,9 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 
 def evaluate_persona(model, tokenizer, classifier, name: str, system_prompt: str | None, data_dir=DATA_DIR,
                      max_prompts: int | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
-                     systems=SYSTEMS) -> tuple[dict, list[dict]]:
-    """Style, ROUGE-L, repetition, end of turn, signatures and held-out NLL of one persona for each system.
+                     systems=SYSTEMS, adapter: str | None = None) -> tuple[dict, list[dict]]:
+    """Style, ROUGE-L, repetition, end of turn, signatures and held-out NLL of one persona for each system (the
+    "adapter" system runs the adapter loaded as `adapter`, by default the persona's name).
 
     Returns the metrics and, per eval prompt, `{"prompt", "reference", <system>: reply, ...}`.
     """
@@ -86,7 +87,7 @@ def evaluate_persona(model, tokenizer, classifier, name: str, system_prompt: str
     shots = few_shot_turns(name, data_dir)
     replies, ended = {}, {}
     for system in systems:
-        who = name if system == "adapter" else BASE
+        who = (adapter or name) if system == "adapter" else BASE
         conversations = conversations_for(system, prompts, system_prompt, shots)
         replies[system], ended[system] = generate(model, tokenizer, who, conversations, max_new_tokens)
     metrics = {}
@@ -98,10 +99,34 @@ def evaluate_persona(model, tokenizer, classifier, name: str, system_prompt: str
         metrics[f"markers_{system}"] = signature_rates(replies[system])
     scored = [ask(p, system_prompt, r) for p, r in zip(prompts, references)]  # the same text for both models
     metrics |= {"nll_base": assistant_nll(model, tokenizer, scored, BASE),
-                "nll_adapter": assistant_nll(model, tokenizer, scored, name)}
+                "nll_adapter": assistant_nll(model, tokenizer, scored, adapter or name)}
     rows = [{"prompt": p, "reference": r} | {system: replies[system][i] for system in systems}
             for i, (p, r) in enumerate(zip(prompts, references))]
     return metrics, rows
+
+
+def pressure_rows(name: str, data_dir=DATA_DIR, max_rows: int | None = None) -> list[list[str]]:
+    """The persona's held-out pressure prompts (eval/pressure/): each a list of user turns."""
+    lines = (Path(data_dir) / "eval" / "pressure" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["turns"] for line in lines if line.strip()][:max_rows]
+
+
+def in_character_under_pressure(model, tokenizer, classifier, name: str, who: str, system_prompt: str | None,
+                                rows: list[list[str]], shots: list[dict] = (), max_new_tokens: int = 64) -> float:
+    """Share of pressure conversations whose last reply the judge still gives to persona `name`. The model (`who`:
+    an adapter or "base") answers every user turn in order, its own replies kept in the conversation."""
+    conversations = [with_system_prompt(list(shots), system_prompt) for _ in rows]
+    last = [""] * len(rows)
+    for turn in range(max(map(len, rows))):
+        active = [i for i, row in enumerate(rows) if turn < len(row)]
+        for i in active:
+            conversations[i] = conversations[i] + [{"role": "user", "content": rows[i][turn]}]
+        replies, _ = generate(model, tokenizer, who, [conversations[i] for i in active], max_new_tokens,
+                              batch_size=len(active))
+        for i, text in zip(active, replies):
+            conversations[i] = conversations[i] + [{"role": "assistant", "content": text}]
+            last[i] = text
+    return style_accuracy(classifier, last, name)
 
 
 def forgetting(model, tokenizer, name: str, general_text: str, data_dir=DATA_DIR,
@@ -152,7 +177,7 @@ def check_targets(report: dict) -> dict:
 def evaluate_loaded(model, tokenizer, system_prompts: dict[str, str | None], classifier=None, data_dir=DATA_DIR,
                     max_prompts: int | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
                     blend_pair: tuple[str, str] | None = None, blend_weights=BLEND_WEIGHTS,
-                    blend_prompts: int = BLEND_PROMPTS, trap_combinations=("linear", "cat"), progress=print) -> dict:
+                    blend_prompts: int = BLEND_PROMPTS, trap_combinations=("linear", "cat"), progress=None) -> dict:
     """Every metric for every persona adapter already on `model`, plus a blend sweep of two of them (a report dict).
 
     `trap_combinations` may add "svd": exact, but one SVD per layer (a minute or more on a 2-core CPU).
@@ -172,7 +197,8 @@ def evaluate_loaded(model, tokenizer, system_prompts: dict[str, str | None], cla
         metrics |= {"ppl_general_base": ppl_base} | forgetting(model, tokenizer, name, general_text, data_dir,
                                                                 max_prompts)
         report["personas"][name], report["examples"][name] = metrics, rows[:3]
-        progress(f"{name}: evaluated ({time.perf_counter() - start:.0f} s so far)")
+        if progress:
+            progress(f"{name}: evaluated ({time.perf_counter() - start:.0f} s so far)")
     pair = blend_pair or tuple(system_prompts)[:2]
     if len(pair) == 2:
         prompts = [p["prompt"] for p in eval_pairs(NEUTRAL, data_dir, min(blend_prompts, max_prompts or blend_prompts))]
@@ -185,7 +211,7 @@ def evaluate_loaded(model, tokenizer, system_prompts: dict[str, str | None], cla
     return report
 
 
-def evaluate_adapters(adapters_dir, out_path=None, progress=print, **options) -> dict:
+def evaluate_adapters(adapters_dir, out_path=None, progress=None, **options) -> dict:
     """Load the base and every adapter in `adapters_dir`, evaluate them (see `evaluate_loaded` for the options),
     and write the report as JSON to `out_path`."""
     from .loading import load_personas
@@ -211,3 +237,32 @@ def metrics_table(report: dict):
 
     rows = {name: {k: v for k, v in m.items() if not isinstance(v, dict)} for name, m in report["personas"].items()}
     return pd.DataFrame(rows).T
+
+
+def evaluate_preference(sft_adapter, dpo_adapter, max_prompts: int | None = None, max_rows: int | None = None,
+                        max_new_tokens: int = 96) -> dict:
+    """SFT vs SFT+DPO for one persona: style, NLL, forgetting, and in character under pressure (with the prompted
+    and few-shot baselines), in the fields of figures/preference_metrics.json."""
+    from .loading import load_personas
+
+    personas = load_personas({"sft": sft_adapter, "dpo": dpo_adapter})
+    model, tokenizer = personas.model, personas.tokenizer
+    name, system_prompt = personas.records["sft"]["persona"], personas.system_prompts["sft"]
+    classifier = train_style_classifier()
+    general = (DATA_DIR / "eval" / "general_text.txt").read_text(encoding="utf-8")
+    rows, shots = pressure_rows(name, max_rows=max_rows), few_shot_turns(name)
+    metrics = {"ppl_general_base": perplexity(model, tokenizer, general, BASE)}
+    for who, label, examples in ((BASE, "prompted", []), (BASE, "fewshot", shots), ("sft", "sft", []),
+                                 ("dpo", "dpo", [])):
+        metrics[f"in_character_under_pressure_{label}"] = in_character_under_pressure(
+            model, tokenizer, classifier, name, who, system_prompt, rows, examples)
+    for adapter in ("sft", "dpo"):
+        style, _ = evaluate_persona(model, tokenizer, classifier, name, system_prompt, max_prompts=max_prompts,
+                                    max_new_tokens=max_new_tokens, systems=("adapter",), adapter=adapter)
+        cost = forgetting(model, tokenizer, adapter, general, max_prompts=max_prompts)
+        metrics |= {f"style_accuracy_{adapter}": style["style_accuracy_adapter"],
+                    f"nll_{adapter}": style["nll_adapter"], f"kl_neutral_{adapter}": cost["kl_neutral"],
+                    f"ppl_general_{adapter}": cost["ppl_general_adapter"]}
+    return {"personas": {name: metrics}, "adapters": {"sft": str(Path(sft_adapter).resolve()),
+                                                      "dpo": str(Path(dpo_adapter).resolve())},
+            "settings": {"max_prompts": max_prompts, "pressure_rows": len(rows), "max_new_tokens": max_new_tokens}}

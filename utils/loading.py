@@ -78,5 +78,20 @@ def ensure_adapters(adapters_dir, profile=None, persona: str = "captain_codebear
     data = Path(__file__).resolve().parents[1] / "persona_data" / f"{persona}.jsonl"
     profile = profile or detect_hardware()
     config = TrainConfig(dataset_path=str(data), persona_name=persona, output_dir=str(adapters_dir), max_steps=steps,
-                         model_id=pick_model_id("auto", profile), use_quantization=profile.can_quantize)
+                         model_id=pick_model_id("auto", profile),
+                         use_quantization=profile.device == "cuda" and profile.can_quantize)
     return {persona: train_persona(config, profile)}
+
+
+def load_for_chat(adapter_path, model_id: str | None, profile, quantize: bool, precision: str, merge: bool):
+    """(model, tokenizer, the recorded system prompt) for `chat`: an adapter on its base (merged if asked), or the
+    bare base model. The folder is checked before any model loads."""
+    from .models import load_base_model, load_tokenizer
+
+    dtype = None if precision == "auto" else profile.compute_dtype
+    if not adapter_path:
+        model_id = model_id or "embedded"
+        return load_base_model(model_id, profile, quantize=quantize, dtype=dtype), load_tokenizer(model_id), None
+    adapter_folders(adapter_path)
+    personas = load_personas(adapter_path, model_id, profile, quantize, dtype, merge=merge)
+    return personas.model, personas.tokenizer, next(iter(personas.system_prompts.values()))

@@ -27,6 +27,11 @@ def prepare_notebook(use_drive: bool = True):
             print("outputs kept on Google Drive in", keep_outputs_on_drive())
     from .hardware import describe, detect_hardware
 
+    from .doctor import quick_checks
+
+    for check in quick_checks():
+        if not check.ok:
+            print(check.line())
     profile = detect_hardware()
     cap_gpu_memory(profile)
     print(describe(profile))

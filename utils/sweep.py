@@ -24,7 +24,20 @@ RECIPES = {
                                               "full_sequence_loss": True},
     "lr 1e-3, 2 epochs, 4-bit base": {"learning_rate": 1e-3, "num_train_epochs": 2, "use_quantization": True},
     "lr 5e-4, 2 epochs, rsLoRA": {"learning_rate": 5e-4, "num_train_epochs": 2, "use_rslora": True},
+    "lr 1e-3, 1 epoch": {"learning_rate": 1e-3, "num_train_epochs": 1},
+    "lr 2e-3, 1 epoch": {"learning_rate": 2e-3, "num_train_epochs": 1},
+    "lr 2e-3, 1 epoch, 4-bit base": {"learning_rate": 2e-3, "num_train_epochs": 1, "use_quantization": True},
 }
+
+
+def check_sweep(persona: str, labels):
+    from .errors import FlagError
+
+    unknown = [label for label in labels or [] if label not in RECIPES]
+    if unknown:
+        raise FlagError(f"--recipes: unknown {unknown}; choose from {list(RECIPES)}")
+    if not (DATA_DIR / f"{persona}.jsonl").exists():
+        raise FlagError(f"--persona {persona}: no persona_data/{persona}.jsonl")
 
 
 def recipe_config(changes: dict, persona: str, out_dir, model_id: str = "embedded") -> TrainConfig:
@@ -49,8 +62,8 @@ def score(adapter_dir, classifier, max_prompts: int | None, max_new_tokens: int)
 
 
 def run_sweep(persona: str, labels=None, out_dir="build/sweep", profile=None, max_prompts: int | None = 24,
-              max_new_tokens: int = 96, progress=print) -> list[dict]:
-    """Train and score each recipe in turn; one row per recipe."""
+              max_new_tokens: int = 96, progress=None, on_row=None) -> list[dict]:
+    """Train and score each recipe in turn; one row per recipe (handed to `on_row` as soon as it is measured)."""
     from .adapters import read_record
     from .judge import train_style_classifier
     from .training import train_persona
@@ -66,8 +79,11 @@ def run_sweep(persona: str, labels=None, out_dir="build/sweep", profile=None, ma
         row = {"recipe": label, "train_seconds": round(seconds), "steps": record["global_steps"],
                "kept": record["best_checkpoint"] or "last", **score(adapter, classifier, max_prompts, max_new_tokens)}
         rows.append(row)
-        progress(f"{label}: style {row['style_accuracy_adapter']:.2f}, NLL {row['nll_adapter']:.3f} "
-                 f"(base {row['nll_base']:.3f}), {seconds:.0f} s")
+        if on_row:
+            on_row(rows)
+        if progress:
+            progress(f"{label}: style {row['style_accuracy_adapter']:.2f}, NLL {row['nll_adapter']:.3f} "
+                     f"(base {row['nll_base']:.3f}), {seconds:.0f} s")
         shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     return rows
 

@@ -32,11 +32,11 @@ class TrainConfig:
     max_seq_length: int = 384
     use_quantization: bool = False
     precision: str = "auto"
-    num_train_epochs: float = 3.0
+    num_train_epochs: float = 1.0
     max_steps: int = -1
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 3e-4
+    learning_rate: float = 2e-3
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # dropout draws a mask per adapter input per step: measurable on a CPU (bench --sweep)
