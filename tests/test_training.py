@@ -112,7 +112,7 @@ def test_the_adapter_ships_the_base_template_and_the_callers_tokenizer_is_untouc
     from utils.masking import CHATML_TRAINING_TEMPLATE
 
     saved = AutoTokenizer.from_pretrained(pirate_adapter)
-    assert "generation" not in saved.chat_template, "the training-only {% generation %} markers stay out"
+    assert "{% generation %}" not in saved.chat_template, "the training-only markers stay out"
     assert saved.chat_template == tokenizer.chat_template != CHATML_TRAINING_TEMPLATE
 
 
