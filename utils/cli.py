@@ -6,8 +6,8 @@ import dataclasses
 import sys
 
 from .errors import FlagError, PersonaLoraError
-from .gguf_export import GGUF_TYPES
 from .hardware import PRECISIONS
+from .llama_cpp import GGUF_TYPES
 from .training import TrainConfig
 
 
@@ -59,6 +59,9 @@ def add_ship_arguments(parser, merge: bool):
     if merge:
         parser.add_argument("--gguf", action="append", choices=GGUF_TYPES, default=[],
                             help="also write <out>/gguf/<persona>-<type>.gguf for llama.cpp (repeatable)")
+    else:
+        parser.add_argument("--gguf_adapter", action="store_true",
+                            help="also write the adapter alone as GGUF, its base as GGUF and an Ollama Modelfile")
     parser.add_argument("--overwrite", action="store_true", help="write over files already in --out")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this private hub repo")
 
@@ -195,18 +198,13 @@ def ship(folder, repo_id: str | None):
         print("pushed to", push_to_hub(folder, repo_id))
 
 
-def run_package(args):
-    from .export import package_adapter
+def run_ship(args):
+    from .export import merge_adapter, package_adapter
 
-    ship(package_adapter(args.adapter_path, args.out, repo_id=args.push_to_hub, overwrite=args.overwrite),
-         args.push_to_hub)
-
-
-def run_merge(args):
-    from .export import merge_adapter
-
-    ship(merge_adapter(args.adapter_path, args.out, gguf_types=args.gguf, repo_id=args.push_to_hub,
-                       overwrite=args.overwrite), args.push_to_hub)
+    common = dict(repo_id=args.push_to_hub, overwrite=args.overwrite)
+    folder = (merge_adapter(args.adapter_path, args.out, gguf_types=args.gguf, **common) if args.command == "merge"
+              else package_adapter(args.adapter_path, args.out, gguf_adapter=args.gguf_adapter, **common))
+    ship(folder, args.push_to_hub)
 
 
 def run_bench(args):
@@ -280,7 +278,7 @@ def run_doctor(args):
 
 
 RUNNERS = {"doctor": run_doctor, "prefer": run_prefer, "train": run_train, "chat": run_chat,
-           "validate": run_validate, "package": run_package, "merge": run_merge, "bench": run_bench,
+           "validate": run_validate, "package": run_ship, "merge": run_ship, "bench": run_bench,
            "evaluate": run_evaluate, "sweep": run_sweep}
 
 

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .colab import EMBEDDED_WHEEL, installed_version, pins
+from .colab import COLAB_NEEDS, EMBEDDED_WHEEL, in_colab, installed_version, pins
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDS_DISK_GB, NEEDS_RAM_GB = 4, 6  # the venv's extras, a cached model, adapters, build/; training the embedded model
@@ -35,7 +35,9 @@ def python_version() -> Check:
 
 
 def pinned_libraries() -> Check:
-    wanted = {name: version for name, version in pins().items() if name not in ("jupyter",)}
+    # Colab keeps its own numpy, pandas, matplotlib...; notebook 08 installs llama-cpp-python there when needed.
+    wanted = {name: version for name, version in pins().items()
+              if name != "jupyter" and (name in COLAB_NEEDS or not in_colab())}
     wrong = {name: (installed_version(name), version) for name, version in wanted.items()
              if installed_version(name) != version}
     detail = "all pinned versions installed" if not wrong else ", ".join(
@@ -81,6 +83,14 @@ def four_bit() -> Check:
                  "pip install bitsandbytes==" + pins().get("bitsandbytes", ""), blocking=False)
 
 
+def llama_cpp_tools() -> Check:
+    from .llama_cpp import TOOLS, TOOLS_DIR
+
+    ok = all((TOOLS_DIR / name).exists() for name in TOOLS)
+    return Check("llama.cpp converters", ok, f"in {TOOLS_DIR}" if ok else f"not in {TOOLS_DIR} (notebook 08 needs them)",
+                 SETUP, blocking=False)
+
+
 def disk_and_memory() -> list[Check]:
     import psutil
 
@@ -104,7 +114,8 @@ def quick_checks() -> list[Check]:
 
 
 def all_checks() -> list[Check]:
-    return [*quick_checks(), embedded_loads(), hardware(), four_bit(), *disk_and_memory(), notebooks_render()]
+    return [*quick_checks(), embedded_loads(), hardware(), four_bit(), llama_cpp_tools(), *disk_and_memory(),
+            notebooks_render()]
 
 
 def blocked(checks: list[Check]) -> bool:

@@ -69,6 +69,21 @@ def resolve_model_path(model_id: str) -> str:
     return str(embedded_checkpoint()) if model_id == EMBEDDED else model_id
 
 
+def local_checkpoint(model_id: str) -> Path:
+    """The folder holding a model's config, weights and tokenizer: the embedded copy, a local folder, or the hub
+    cache (downloaded once where a hub is reachable). llama.cpp's converters read such a folder."""
+    if model_id == EMBEDDED:
+        return embedded_checkpoint()
+    if Path(model_id).expanduser().is_dir():
+        return Path(model_id).expanduser()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id))
+    except Exception as error:
+        raise explain_load_error(model_id, error) from None
+
+
 def _causes(error: BaseException):
     while error is not None:
         yield error
