@@ -13,7 +13,7 @@ PERSONA_FILES = sorted((ROOT / "persona_data").glob("*.jsonl"))
 # Modules whose tests train, execute a notebook or drive a browser: `make test-fast` leaves them out.
 SLOW_MODULES = {"test_bench", "test_blend", "test_browser_chat", "test_chat", "test_evaluate", "test_export",
                 "test_notebook_01", "test_notebook_02", "test_notebook_03", "test_notebook_06",
-                "test_notebooks_04_05", "test_reliability", "test_training"}
+                "test_new_persona", "test_notebooks_04_05", "test_reliability", "test_training"}
 
 
 def pytest_collection_modifyitems(items):

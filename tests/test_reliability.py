@@ -109,6 +109,8 @@ def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
     for name in ("assistant_only_loss", "max_length", "train_sampling_strategy", "activation_checkpointing",
                  "eval_on_start", "load_best_model_at_end", "neftune_noise_alpha"):
         assert hasattr(config, name), name
+    kept = sft_config(small_config("unused", keep_best=True), detect_hardware(), n_train=100, has_eval=True)
+    assert not config.load_best_model_at_end and kept.load_best_model_at_end, "the last by default; --keep_best"
 
 
 def test_two_processes_train_the_same_adapter(tmp_path):

@@ -27,7 +27,8 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(pirate_adapter):
     assert record["system_prompt"].startswith("You are Captain Codebeard")
     evals = record["loss_history"]["eval"]
     assert evals[0]["step"] == 0 and evals[-1]["eval_loss"] < evals[0]["eval_loss"], "eval from step 0, falling"
-    assert record["best_checkpoint"] and record["best_eval_loss"] == min(e["eval_loss"] for e in evals)
+    assert record["best_checkpoint"] is None, "the final weights are kept unless --keep_best"
+    assert record["best_eval_loss"] == min(e["eval_loss"] for e in evals)
 
 
 def test_adapter_reloads_changes_the_reply_and_stops_at_end_of_turn(pirate_adapter, tokenizer):

@@ -1,7 +1,7 @@
 """Choose the training recipe by measurement: train one persona several ways, score each adapter on held-out data.
 
-Every recipe is the series' TrainConfig with a few changes; the best checkpoint by eval loss is kept unless a recipe
-says otherwise. The score: style accuracy (the judge), held-out NLL against the base, forgetting (KL on neutral
+Every recipe is the series' TrainConfig with a few changes (BEST: keep the checkpoint with the lowest eval loss
+instead of the last). The score: style accuracy (the judge), held-out NLL against the base, forgetting (KL on neutral
 questions, general-text perplexity), loops, and the training time.
 """
 import json
@@ -12,21 +12,24 @@ from pathlib import Path
 from .training import TrainConfig
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "persona_data"
+BEST = {"keep_best": True}
 RECIPES = {
-    "old default: lr 3e-4, 3 epochs": {"learning_rate": 3e-4, "num_train_epochs": 3},
-    "lr 1e-3, 2 epochs": {"learning_rate": 1e-3, "num_train_epochs": 2},
-    "lr 2e-3, 2 epochs": {"learning_rate": 2e-3, "num_train_epochs": 2},
-    "lr 1e-3, 3 epochs": {"learning_rate": 1e-3, "num_train_epochs": 3},
-    "lr 1e-3, 2 epochs, last not best": {"learning_rate": 1e-3, "num_train_epochs": 2, "keep_last": True},
-    "lr 1e-3, 2 epochs, r 32 alpha 64": {"learning_rate": 1e-3, "num_train_epochs": 2, "lora_r": 32, "lora_alpha": 64},
-    "lr 1e-3, 2 epochs, NEFTune 5": {"learning_rate": 1e-3, "num_train_epochs": 2, "neftune_noise_alpha": 5.0},
+    "old default: lr 3e-4, 3 epochs": {"learning_rate": 3e-4, "num_train_epochs": 3, **BEST},
+    "lr 1e-3, 2 epochs": {"learning_rate": 1e-3, "num_train_epochs": 2, **BEST},
+    "lr 2e-3, 2 epochs": {"learning_rate": 2e-3, "num_train_epochs": 2, **BEST},
+    "lr 2e-3, 2 epochs, last not best": {"learning_rate": 2e-3, "num_train_epochs": 2},  # the series' default
+    "lr 1e-3, 3 epochs": {"learning_rate": 1e-3, "num_train_epochs": 3, **BEST},
+    "lr 1e-3, 2 epochs, last not best": {"learning_rate": 1e-3, "num_train_epochs": 2},
+    "lr 1e-3, 2 epochs, r 32 alpha 64": {"learning_rate": 1e-3, "num_train_epochs": 2, "lora_r": 32, "lora_alpha": 64,
+                                         **BEST},
+    "lr 1e-3, 2 epochs, NEFTune 5": {"learning_rate": 1e-3, "num_train_epochs": 2, "neftune_noise_alpha": 5.0, **BEST},
     "lr 1e-3, 2 epochs, full-sequence loss": {"learning_rate": 1e-3, "num_train_epochs": 2,
-                                              "full_sequence_loss": True},
-    "lr 1e-3, 2 epochs, 4-bit base": {"learning_rate": 1e-3, "num_train_epochs": 2, "use_quantization": True},
-    "lr 5e-4, 2 epochs, rsLoRA": {"learning_rate": 5e-4, "num_train_epochs": 2, "use_rslora": True},
-    "lr 1e-3, 1 epoch": {"learning_rate": 1e-3, "num_train_epochs": 1},
-    "lr 2e-3, 1 epoch": {"learning_rate": 2e-3, "num_train_epochs": 1},
-    "lr 2e-3, 1 epoch, 4-bit base": {"learning_rate": 2e-3, "num_train_epochs": 1, "use_quantization": True},
+                                              "full_sequence_loss": True, **BEST},
+    "lr 1e-3, 2 epochs, 4-bit base": {"learning_rate": 1e-3, "num_train_epochs": 2, "use_quantization": True, **BEST},
+    "lr 5e-4, 2 epochs, rsLoRA": {"learning_rate": 5e-4, "num_train_epochs": 2, "use_rslora": True, **BEST},
+    "lr 1e-3, 1 epoch": {"learning_rate": 1e-3, "num_train_epochs": 1, **BEST},
+    "lr 2e-3, 1 epoch": {"learning_rate": 2e-3, "num_train_epochs": 1, **BEST},
+    "lr 2e-3, 1 epoch, 4-bit base": {"learning_rate": 2e-3, "num_train_epochs": 1, "use_quantization": True, **BEST},
 }
 
 

@@ -32,7 +32,7 @@ class TrainConfig:
     max_seq_length: int = 384
     use_quantization: bool = False
     precision: str = "auto"
-    num_train_epochs: float = 1.0
+    num_train_epochs: float = 2.0
     max_steps: int = -1
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -43,7 +43,7 @@ class TrainConfig:
     use_rslora: bool = False
     neftune_noise_alpha: float = 0.0
     full_sequence_loss: bool = False
-    keep_last: bool = False  # keep the final weights instead of the checkpoint with the lowest eval loss
+    keep_best: bool = False  # the checkpoint with the lowest eval loss instead of the last (it looped more: 06)
     eval_fraction: float = 0.1
     save_steps: int = 0  # 0: save (and evaluate) once per epoch
     save_total_limit: int = 2
@@ -106,14 +106,14 @@ def steps_per_epoch(config: TrainConfig, n_train: int, processes: int = 1) -> in
 
 def sft_config(config: TrainConfig, profile, n_train: int, has_eval: bool):
     """The trainer's settings. Evaluation and saving share one schedule (once per epoch unless --save_steps), so
-    the checkpoint with the lowest eval loss can be kept at the end."""
+    the checkpoint with the lowest eval loss can be kept at the end (--keep_best)."""
     from accelerate import PartialState
     from trl import SFTConfig
 
     every = config.save_steps or steps_per_epoch(config, n_train, PartialState().num_processes)
     if config.max_steps > 0:
         every = min(every, config.max_steps)  # a short run still ends with an evaluation and a checkpoint
-    keep_best = has_eval and not config.keep_last
+    keep_best = has_eval and config.keep_best
     return SFTConfig(
         output_dir=str(config.checkpoint_dir),
         max_length=config.max_seq_length,
@@ -288,7 +288,7 @@ def training_record(config: TrainConfig, profile, trainer, conversations, second
         "eval_examples": trainer.split["eval"],
         "global_steps": state.global_step,
         "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
-        "best_eval_loss": state.best_metric,
+        "best_eval_loss": min((e["eval_loss"] for e in state.log_history if "eval_loss" in e), default=None),
         "train_seconds": round(seconds, 1),
         "loss_history": loss_history(state.log_history),
     }
