@@ -69,6 +69,8 @@ def merge_adapter(adapter_path, out, gguf_types=(), repo_id: str | None = None, 
     check_out_folder(out, overwrite)
     if gguf_types:
         ensure_llama_cpp()
+    for stale in [*(out / "gguf").glob("*.gguf"), out / "gguf" / "Modelfile"]:  # an earlier merge's weights
+        stale.unlink(missing_ok=True)
     base_id = record.get("base_model", "embedded")
     # Into an unquantized base, in the dtype it is stored in (one copy; fp32 for the embedded model, bf16 for most
     # hub models): in 4-bit weights the small LoRA update would be rounded away (see notebook 05).
@@ -102,7 +104,8 @@ def write_merged_card(merged_dir, repo_id: str | None = None):
     how_to_load = loading_snippet(repo_id, "a plain transformers model: no peft needed")
     if ggufs:
         how_to_load += (f'\n\n# llama.cpp and the tools built on it (LM Studio, Ollama, ...) run {", ".join(ggufs)}:\n'
-                        f'# llama-cli -m {ggufs[-1]} -sys "$(cat system_prompt.txt)"\n'
-                        f'# Ollama: cd gguf && {modelfile_command(merged_dir / "gguf")}')
+                        f'# llama-cli -m {ggufs[-1]} -sys "$(cat system_prompt.txt)"'
+                        + (f'\n# Ollama: cd gguf && {modelfile_command(merged_dir / "gguf")}'
+                           if (merged_dir / "gguf" / "Modelfile").exists() else ""))
     tags = ["merged", "gguf"] if ggufs else ["merged"]
     write_model_card(merged_dir, record, record.get("metrics", {}), "model (LoRA merged)", how_to_load, tags)
