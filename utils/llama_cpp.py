@@ -3,7 +3,6 @@ llama-cpp-python to run what they wrote. The converters ship inside llama-cpp-py
 same release that built the library, so file format and runtime always match."""
 import contextlib
 import ctypes
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from .colab import installed_version, pins
 from .errors import PersonaLoraError
 
 PACKAGE = "llama-cpp-python"
@@ -28,16 +28,9 @@ class ExportError(PersonaLoraError):
     """Packaging or export failed; the message says why and what to do, in one line."""
 
 
-def installed_version() -> str | None:
-    try:
-        return importlib.metadata.version(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def fetch_tools(dest: Path = TOOLS_DIR) -> Path:
     """Unpack llama.cpp's converters from the source distribution of the installed llama-cpp-python (once)."""
-    version = installed_version()
+    version = installed_version(PACKAGE)
     if version is None:
         raise ExportError(f"{PACKAGE} is not installed: run `make setup` (or pip install {PACKAGE})")
     if (dest / f"VERSION-{version}").exists():
@@ -59,20 +52,14 @@ def fetch_tools(dest: Path = TOOLS_DIR) -> Path:
 
 def ensure_llama_cpp(colab: bool = False) -> Path:
     """llama-cpp-python and its converters, installed on Colab the first time a notebook needs them."""
-    if colab and installed_version() is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{PACKAGE}=={pinned_version()}",
+    if colab and installed_version(PACKAGE) is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{PACKAGE}=={pins()[PACKAGE]}",
                         "--extra-index-url", CPU_WHEELS], check=True)
     if not (TOOLS_DIR / TOOLS[0]).exists():
         if not colab:
             raise ExportError(f"llama.cpp's converters are not in {TOOLS_DIR}: run `make setup`")
         fetch_tools()
     return TOOLS_DIR
-
-
-def pinned_version() -> str:
-    from .colab import pins
-
-    return pins()[PACKAGE]
 
 
 def run_tool(script: str, *args) -> None:
