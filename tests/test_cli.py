@@ -58,3 +58,37 @@ def test_a_missing_data_file_is_named(tmp_path, no_model_loads, capsys):
 def test_bench_and_evaluate_flags(no_model_loads, capsys):
     assert "--steps" in one_error_line(capsys, main(["bench", "--steps", "0"]))
     assert "--max_new_tokens" in one_error_line(capsys, main(["evaluate", "--max_new_tokens", "0"]))
+
+
+def test_sweep_flags(no_model_loads, capsys):
+    assert "--recipes" in one_error_line(capsys, main(["sweep", "--recipes", "lr 9, 9 epochs"]))
+    assert "--persona" in one_error_line(capsys, main(["sweep", "--persona", "nobody"]))
+
+
+@pytest.fixture
+def trained_configs(monkeypatch):
+    seen = []
+    monkeypatch.setattr("utils.training.train_persona", lambda config, *a, **k: seen.append(config))
+    return seen
+
+
+def test_a_persona_recipe_applies_unless_a_flag_says_otherwise(tmp_path, trained_configs, no_model_loads):
+    from utils.training import persona_recipe
+
+    pirate = ["train", "--dataset_path", str(ROOT / "persona_data" / "captain_codebeard.jsonl"),
+              "--persona_name", "captain_codebeard", "--output_dir", str(tmp_path)]
+    assert persona_recipe("captain_codebeard")["neftune_noise_alpha"] > 0 and persona_recipe("zen_coder") == {}
+    assert main(pirate) == 0 and main([*pirate, "--neftune_noise_alpha", "0", "--lora_r", "8"]) == 0
+    recipe, flagged = trained_configs
+    assert recipe.neftune_noise_alpha == persona_recipe("captain_codebeard")["neftune_noise_alpha"]
+    assert flagged.neftune_noise_alpha == 0 and flagged.lora_r == 8 and recipe.lora_r == 16
+
+
+def test_a_recipe_with_an_unknown_setting_is_named(tmp_path):
+    from utils.errors import FlagError
+    from utils.training import persona_recipe
+
+    path = tmp_path / "recipes.json"
+    path.write_text('{"zen_coder": {"learning_rat": 0.001, "why": "a typo"}}')
+    with pytest.raises(FlagError, match=r"recipes.json: zen_coder: learning_rat is not a training setting"):
+        persona_recipe("zen_coder", path)

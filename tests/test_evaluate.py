@@ -32,6 +32,16 @@ def base_model():
     return load_base_model()
 
 
+@pytest.mark.parametrize("name", PERSONAS)
+def test_a_subset_of_eval_prompts_spreads_over_the_whole_file(name):
+    everything = eval_pairs(name)
+    subset = eval_pairs(name, max_prompts=16)
+    assert len(subset) == 16 and subset[0] == everything[0] and all(p in everything for p in subset)
+    positions = [everything.index(p) for p in subset]
+    assert positions == sorted(positions) and positions[-1] >= len(everything) * 0.9, positions
+    assert eval_pairs(name, max_prompts=10**6) == everything
+
+
 def test_the_classifier_tells_the_personas_apart_on_held_out_references(classifier):
     accuracy = classifier_accuracy_on_references(classifier)
     assert accuracy["overall"] >= 0.9, accuracy

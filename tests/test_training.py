@@ -4,7 +4,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from utils.cli import build_parser, main
+from utils.cli import build_parser, config_from, main
 from utils.inference import attach_adapters, generate_token_ids, with_system_prompt
 from utils.models import load_base_model
 from utils.adapters import AdapterExistsError, read_record
@@ -85,7 +85,8 @@ def test_train_flags_round_trip():
     assert (args.max_seq_length, args.use_quantization, args.precision, args.num_train_epochs, args.max_steps,
             args.lora_r, args.lora_alpha, args.lora_dropout, args.overwrite, args.resume) == \
            (256, True, "bf16", 2.0, 7, 8, 16, 0.1, True, True)
-    defaults = build_parser().parse_args(["train", "--dataset_path", "d", "--persona_name", "p"])
+    defaults = config_from(build_parser().parse_args(["train", "--dataset_path", "d", "--persona_name", "p"]),
+                           TrainConfig)
     assert (defaults.model_id, defaults.max_seq_length, defaults.lora_r) == ("embedded", TrainConfig.max_seq_length, 16)
 
 

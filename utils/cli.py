@@ -12,8 +12,9 @@ from .training import TrainConfig
 
 
 def add_config_arguments(parser, config_class, required: dict):
-    """One flag per field of a config dataclass: `required` ones first (with their help), then the rest with the
-    dataclass' defaults; --precision (and its alias --use_bf16) is shared by every command that trains or runs."""
+    """One flag per field of a config dataclass: `required` ones first (with their help), then the rest, which
+    default to None: `config_from` then knows what was given. --precision (and its alias --use_bf16) is shared by
+    every command that trains or runs."""
     for name, help_text in required.items():
         parser.add_argument(f"--{name}", required=True, help=help_text)
     defaults = config_class(**dict.fromkeys(required, ""))
@@ -22,15 +23,17 @@ def add_config_arguments(parser, config_class, required: dict):
             continue
         default = getattr(defaults, field.name)
         if isinstance(default, bool):
-            parser.add_argument(f"--{field.name}", action="store_true")
+            parser.add_argument(f"--{field.name}", action="store_true", default=None)
         else:
-            parser.add_argument(f"--{field.name}", type=type(default), default=default)
+            parser.add_argument(f"--{field.name}", type=type(default), default=None, help=f"default: {default}")
     add_precision_arguments(parser)
 
 
-def config_from(args, config_class):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if f.name != "precision"}
-    return config_class(**values, precision=precision_of(args))
+def config_from(args, config_class, recipe: dict | None = None):
+    """The config: the dataclass' defaults, then `recipe`, then the flags given on the command line."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+             if f.name != "precision" and getattr(args, f.name) is not None}
+    return config_class(**((recipe or {}) | given), precision=precision_of(args))
 
 
 def add_precision_arguments(parser):
@@ -111,7 +114,7 @@ def build_parser():
     sweep = commands.add_parser("sweep", help="train one persona with several recipes, score each (notebook 06)")
     sweep.add_argument("--persona", default="professor_snugglesworth")
     sweep.add_argument("--recipes", nargs="*", help="labels of utils.sweep.RECIPES (default: all)")
-    sweep.add_argument("--out", default="figures/recipe_sweep.json")
+    sweep.add_argument("--out", help="default: figures/recipe_sweep_<persona>.json")
     sweep.add_argument("--max_prompts", type=int, default=24)
     sweep.add_argument("--max_new_tokens", type=int, default=96)
     return parser
@@ -131,9 +134,12 @@ def at_least(minimum, **flags):
 
 
 def run_train(args):
-    from .training import train_persona
+    from .training import persona_recipe, train_persona
 
-    train_persona(config_from(args, TrainConfig))
+    recipe = persona_recipe(args.persona_name)
+    if recipe:
+        print(f"{args.persona_name}: the recipe in persona_data/recipes.json sets {recipe} (flags given win)")
+    train_persona(config_from(args, TrainConfig, recipe))
 
 
 def run_validate(args):
@@ -243,12 +249,14 @@ def run_sweep(args):
     from .sweep import check_sweep, run_sweep, save_sweep, sweep_table
 
     check_sweep(args.persona, args.recipes)
+    out = args.out or f"figures/recipe_sweep_{args.persona}.json"
     at_least(1, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens)
-    settings = {"max_prompts": args.max_prompts, "max_new_tokens": args.max_new_tokens}
+    settings = {"max_prompts": args.max_prompts, "max_new_tokens": args.max_new_tokens,
+                "prompts": "spread over the eval file"}
     rows = run_sweep(args.persona, args.recipes, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens,
-                     progress=print, on_row=lambda rows: save_sweep(rows, args.persona, args.out, settings))
+                     progress=print, on_row=lambda rows: save_sweep(rows, args.persona, out, settings))
     print(sweep_table(rows).round(3).to_string())
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

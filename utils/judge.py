@@ -25,9 +25,12 @@ def training_replies(path) -> list[str]:
 
 
 def eval_pairs(name: str, data_dir=DATA_DIR, max_prompts: int | None = None) -> list[dict]:
-    """Held-out `{"prompt", "reference"}` pairs of a persona (or of "neutral")."""
+    """Held-out `{"prompt", "reference"}` pairs of a persona (or of "neutral"); `max_prompts` of them spread evenly
+    over the file, so a subset keeps its mix (the files run code questions first, everyday ones after)."""
     lines = (Path(data_dir) / "eval" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()][:max_prompts]
+    pairs = [json.loads(line) for line in lines if line.strip()]
+    n = len(pairs) if max_prompts is None else min(max_prompts, len(pairs))
+    return [pairs[i * len(pairs) // n] for i in range(n)]
 
 
 def train_style_classifier(data_dir=DATA_DIR):

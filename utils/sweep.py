@@ -2,7 +2,8 @@
 
 Every recipe is the series' TrainConfig with a few changes (BEST: keep the checkpoint with the lowest eval loss
 instead of the last). The score: style accuracy (the judge), held-out NLL against the base, forgetting (KL on neutral
-questions, general-text perplexity), loops, and the training time.
+questions, general-text perplexity), loops, and the training time. What a persona keeps beyond the defaults goes to
+persona_data/recipes.json (utils.training.persona_recipe).
 """
 import json
 import shutil
@@ -18,6 +19,17 @@ RECIPES = {
     "lr 1e-3, 2 epochs": {"learning_rate": 1e-3, "num_train_epochs": 2, **BEST},
     "lr 2e-3, 2 epochs": {"learning_rate": 2e-3, "num_train_epochs": 2, **BEST},
     "lr 2e-3, 2 epochs, last not best": {"learning_rate": 2e-3, "num_train_epochs": 2},  # the series' default
+    "lr 2e-3, 3 epochs, last not best": {"learning_rate": 2e-3, "num_train_epochs": 3},
+    "lr 2e-3, 2 epochs, NEFTune 5, last not best": {"learning_rate": 2e-3, "num_train_epochs": 2,
+                                                    "neftune_noise_alpha": 5.0},
+    "lr 1e-3, 2 epochs, NEFTune 5, last not best": {"learning_rate": 1e-3, "num_train_epochs": 2,
+                                                    "neftune_noise_alpha": 5.0},
+    "lr 1.5e-3, 2 epochs, NEFTune 5, last not best": {"learning_rate": 1.5e-3, "num_train_epochs": 2,
+                                                      "neftune_noise_alpha": 5.0},
+    "lr 1e-3, 2 epochs, NEFTune 10, last not best": {"learning_rate": 1e-3, "num_train_epochs": 2,
+                                                     "neftune_noise_alpha": 10.0},
+    "lr 2e-3, 2 epochs, lora_dropout 0.1, last not best": {"learning_rate": 2e-3, "num_train_epochs": 2,
+                                                           "lora_dropout": 0.1},
     "lr 1e-3, 3 epochs": {"learning_rate": 1e-3, "num_train_epochs": 3, **BEST},
     "lr 1e-3, 2 epochs, last not best": {"learning_rate": 1e-3, "num_train_epochs": 2},
     "lr 1e-3, 2 epochs, r 32 alpha 64": {"learning_rate": 1e-3, "num_train_epochs": 2, "lora_r": 32, "lora_alpha": 64,

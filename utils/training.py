@@ -2,6 +2,7 @@
 training, the benchmark, notebook 04's lesson and the multi-process path all go through it."""
 import copy
 import dataclasses
+import json
 import math
 import random
 import sys
@@ -41,7 +42,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # dropout draws a mask per adapter input per step: measurable on a CPU (bench --sweep)
     use_rslora: bool = False
-    neftune_noise_alpha: float = 0.0
+    neftune_noise_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (persona_recipe)
     full_sequence_loss: bool = False
     keep_best: bool = False  # the checkpoint with the lowest eval loss instead of the last (it looped more: 06)
     eval_fraction: float = 0.1
@@ -61,6 +62,20 @@ class TrainConfig:
     @property
     def checkpoint_dir(self) -> Path:
         return checkpoints_dir(self.output_dir, self.persona_name)
+
+
+RECIPES_FILE = Path(__file__).resolve().parents[1] / "persona_data" / "recipes.json"
+
+
+def persona_recipe(persona_name: str, path=RECIPES_FILE) -> dict:
+    """The settings the recipe sweep (06) chose for this persona on top of TrainConfig's defaults, from
+    persona_data/recipes.json ({} for a persona it does not name; its "why" is for the reader)."""
+    recipes = json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).exists() else {}
+    recipe = {key: value for key, value in recipes.get(persona_name, {}).items() if key != "why"}
+    unknown = sorted(set(recipe) - {field.name for field in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise FlagError(f"{path}: {persona_name}: {', '.join(unknown)} is not a training setting (see TrainConfig)")
+    return recipe
 
 
 RANGES = {  # flag: (test, what is allowed)
