@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 
 from .fastpath import lm_head_positions
+from .data import DATA_DIR
 from .measure import (PeakMemory, counting_collator, flops_per_token, matmul_params, measure_peaks,
                       model_flops_utilisation, release_freed_memory, step_timer)
 from .training import TrainConfig, build_trainer
 
-PERSONA_FILE = Path(__file__).resolve().parents[1] / "persona_data" / "zen_coder.jsonl"
+PERSONA_FILE = DATA_DIR / "zen_coder.jsonl"
 SEED_MAX_LENGTH = 512  # what typical tutorials pad every sequence to
 
 

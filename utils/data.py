@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .errors import PersonaLoraError
 
+DATA_DIR = Path(__file__).resolve().parents[1] / "persona_data"  # the series' persona data
 ROLES = ("system", "user", "assistant")
 # Formats used by other persona projects, converted to chat messages: (prompt field, reply field).
 FLAT_FORMATS = (("prompt", "response"), ("prompt", "completion"), ("instruction", "output"))

@@ -7,9 +7,8 @@ with no tokenizer to choose. It must prove itself on held-out references before 
 import json
 from pathlib import Path
 
-from .data import load_conversations
+from .data import DATA_DIR, load_conversations
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "persona_data"
 NEUTRAL = "neutral"
 
 

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import NoAdaptersError, check_adapter, find_adapters, is_adapter, persona_of, read_record
+from .data import DATA_DIR
 
 
 @dataclass
@@ -75,7 +76,7 @@ def ensure_adapters(adapters_dir, profile=None, persona: str = "captain_codebear
 
     print(f"no adapters in {adapters_dir}/ (notebook 04 trains them; on Colab they are kept on Drive): training a "
           f"short {persona} adapter ({steps} steps) so that this notebook can run")
-    data = Path(__file__).resolve().parents[1] / "persona_data" / f"{persona}.jsonl"
+    data = DATA_DIR / f"{persona}.jsonl"
     profile = profile or detect_hardware()
     config = TrainConfig(dataset_path=str(data), persona_name=persona, output_dir=str(adapters_dir), max_steps=steps,
                          model_id=pick_model_id("auto", profile),

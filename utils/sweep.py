@@ -10,9 +10,9 @@ import shutil
 import time
 from pathlib import Path
 
+from .data import DATA_DIR
 from .training import TrainConfig
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "persona_data"
 BEST = {"keep_best": True}
 RECIPES = {
     "old default: lr 3e-4, 3 epochs": {"learning_rate": 3e-4, "num_train_epochs": 3, **BEST},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .adapters import (check_can_write, checkpoints_dir, final_adapter_dir, last_complete_checkpoint,
                        save_adapter_atomically)
-from .data import load_conversations, system_prompt_of
+from .data import DATA_DIR, load_conversations, system_prompt_of
 from .errors import FlagError, PersonaLoraError
 from .fastpath import fast_attention, lm_head_positions
 from .hardware import PRECISIONS, with_precision
@@ -64,7 +64,7 @@ class TrainConfig:
         return checkpoints_dir(self.output_dir, self.persona_name)
 
 
-RECIPES_FILE = Path(__file__).resolve().parents[1] / "persona_data" / "recipes.json"
+RECIPES_FILE = DATA_DIR / "recipes.json"
 
 
 def persona_recipe(persona_name: str, path=RECIPES_FILE) -> dict:
