@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,8 +77,10 @@ def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, 
         solve_exercises(notebook)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
-    # IPC sockets, not TCP: a local kernel needs no network port (and ipykernel warns about unencrypted TCP).
-    kernel = KernelManager(kernel_name="python3", transport="ipc")
+    # IPC sockets, not TCP: a local kernel needs no network port (and ipykernel warns about unencrypted TCP). The
+    # socket files go to a folder of their own: a kernel that is killed cannot leave them in the repository.
+    sockets = tempfile.TemporaryDirectory(prefix="kernel-")
+    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets.name) / "ipc"))
     if progress:  # training inside the kernel writes a progress line to the terminal (utils.training)
         os.environ["PERSONA_LORA_PROGRESS"] = "1"
     client = NotebookClient(notebook, km=kernel, timeout=timeout, resources={"metadata": {"path": str(ROOT)}},
@@ -88,6 +91,7 @@ def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, 
         nbformat.write(notebook, out)
         if kernel.has_kernel:
             kernel.shutdown_kernel(now=True)
+        sockets.cleanup()
     return out
 
 

@@ -145,6 +145,17 @@ def test_neutral_eval_prompts_and_general_text():
     assert validate_file(DATA / "neutral" / "plain_assistant.jsonl") == []
 
 
+def test_the_base_models_replies_answer_training_prompts_only():
+    """The judge's neutral class holds the base model's own replies (scripts/make_base_replies.py): to training
+    prompts, so an eval prompt never reaches the judge's training data."""
+    path = DATA / "neutral" / "base_model.jsonl"
+    assert validate_file(path) == []
+    training = {m["content"] for f in [*DATA.glob("*.jsonl"), DATA / "neutral" / "plain_assistant.jsonl"]
+                for c in load_conversations(f) for m in c["messages"] if m["role"] == "user"}
+    asked = [c["messages"][0]["content"] for c in load_conversations(path)]
+    assert len(asked) >= 200 and set(asked) <= training
+
+
 def eval_prompts(eval_file):
     if eval_file.startswith("pressure/"):
         return [t for row in read_jsonl(DATA / "eval" / f"{eval_file}.jsonl") for t in row["turns"]]
@@ -234,7 +245,7 @@ def test_too_long_conversation_is_a_warning_with_its_token_count(tmp_path):
 
 
 def test_real_data_passes_the_cli():
-    code, output = validate_cli(*sorted(DATA.glob("*.jsonl")), DATA / "neutral" / "plain_assistant.jsonl")
+    code, output = validate_cli(*sorted(DATA.glob("*.jsonl")), *sorted((DATA / "neutral").glob("*.jsonl")))
     assert code == 0 and "0 error(s)" in output, output
 
 

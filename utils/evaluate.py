@@ -207,6 +207,7 @@ def evaluate_loaded(model, tokenizer, system_prompts: dict[str, str | None], cla
         report["blend"]["trap"] = compare_combinations(model, *pair, 0.5, combinations=trap_combinations)
     report["targets"] = check_targets(report)
     report["settings"] = {"max_prompts": max_prompts, "max_new_tokens": max_new_tokens, "decoding": "greedy",
+                          "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                           "few_shot_examples": FEW_SHOT, "seconds": round(time.perf_counter() - start, 1)}
     return report
 

@@ -1,7 +1,8 @@
 """The style judge: a classifier that tells the personas (and a plain assistant) apart from a reply's text.
 
 Character 2-4-grams (TF-IDF) and a logistic regression, fitted on the training replies of every persona plus the
-neutral class. Character n-grams see vocabulary ("matey"), contractions ("lookin'"), punctuation and rhythm alike,
+neutral class: every file in `persona_data/neutral/`, a plain assistant's written replies and the base model's own
+(`scripts/make_base_replies.py`), so that the base's register is not mistaken for a persona. Character n-grams see vocabulary ("matey"), contractions ("lookin'"), punctuation and rhythm alike,
 with no tokenizer to choose. It must prove itself on held-out references before it scores anything.
 """
 import json
@@ -13,14 +14,16 @@ NEUTRAL = "neutral"
 
 
 def persona_files(data_dir=DATA_DIR) -> dict[str, Path]:
-    """Training files by class: every persona, plus the plain assistant as the "neutral" class."""
+    """Training data by class: every persona's file, plus the "neutral" class's folder."""
     data_dir = Path(data_dir)
     personas = {p.stem: p for p in sorted(data_dir.glob("*.jsonl"))}
-    return personas | {NEUTRAL: data_dir / "neutral" / "plain_assistant.jsonl"}
+    return personas | {NEUTRAL: data_dir / "neutral"}
 
 
 def training_replies(path) -> list[str]:
-    return [m["content"] for c in load_conversations(path) for m in c["messages"] if m["role"] == "assistant"]
+    """The assistant replies of a training file, or of every file in a folder."""
+    files = sorted(Path(path).glob("*.jsonl")) if Path(path).is_dir() else [path]
+    return [m["content"] for f in files for c in load_conversations(f) for m in c["messages"] if m["role"] == "assistant"]
 
 
 def eval_pairs(name: str, data_dir=DATA_DIR, max_prompts: int | None = None) -> list[dict]:
