@@ -265,3 +265,15 @@ def test_flat_formats_load_as_chat_messages(tmp_path):
         ["user", "assistant"], ["user", "assistant"], ["system", "user", "assistant"]]
     assert loaded[1]["messages"][1]["content"] == "Repetition. Then rest."
     assert loaded[2]["messages"][0]["content"] == "You are Master Brindlewood."
+
+
+def test_make_base_replies_asks_training_prompts_and_checks_its_flag(capsys):
+    from make_base_replies import main, training_prompts
+
+    prompts = training_prompts(every=4)
+    assert len(prompts) == len(set(prompts)) >= 200
+    asked = {c["messages"][0]["content"] for c in load_conversations(DATA / "neutral" / "base_model.jsonl")}
+    assert asked == set(prompts), "the committed file is what the script asks: rerun scripts/make_base_replies.py"
+    with pytest.raises(SystemExit):
+        main(["--every", "0"])
+    assert "--every 0: use an integer >= 1" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
 Character 2-4-grams (TF-IDF) and a logistic regression, fitted on the training replies of every persona plus the
 neutral class: every file in `persona_data/neutral/`, a plain assistant's written replies and the base model's own
-(`scripts/make_base_replies.py`), so that the base's register is not mistaken for a persona. Character n-grams see vocabulary ("matey"), contractions ("lookin'"), punctuation and rhythm alike,
-with no tokenizer to choose. It must prove itself on held-out references before it scores anything.
+(`scripts/make_base_replies.py`), so that the base's register is not mistaken for a persona. Character n-grams see
+vocabulary ("matey"), contractions ("lookin'"), punctuation and rhythm alike, with no tokenizer to choose. It must
+prove itself on held-out references before it scores anything.
 """
 import json
 from pathlib import Path
@@ -23,7 +24,8 @@ def persona_files(data_dir=DATA_DIR) -> dict[str, Path]:
 def training_replies(path) -> list[str]:
     """The assistant replies of a training file, or of every file in a folder."""
     files = sorted(Path(path).glob("*.jsonl")) if Path(path).is_dir() else [path]
-    return [m["content"] for f in files for c in load_conversations(f) for m in c["messages"] if m["role"] == "assistant"]
+    return [m["content"] for f in files for c in load_conversations(f) for m in c["messages"]
+            if m["role"] == "assistant"]
 
 
 def eval_pairs(name: str, data_dir=DATA_DIR, max_prompts: int | None = None) -> list[dict]:

@@ -137,8 +137,9 @@ def load_base_model(model_id: str = EMBEDDED, profile=None, quantize: bool = Fal
     """Load the base model for `profile` (see utils.hardware); 4-bit NF4 when `quantize`.
 
     On a GPU the weights are stored in the compute dtype (fp16 on a T4, bf16 on newer GPUs); on a CPU in fp32
-    unless `dtype` says otherwise. Training passes the compute dtype (utils.training): a frozen fp32 base under
-    bf16 autocast would copy every weight to bf16 at every matmul (`python -m utils bench --sweep` measures it).
+    unless `dtype` says otherwise, even where bf16 matmuls are faster: greedy replies from a bf16 base loop more
+    often. Training passes the compute dtype (utils.training): a frozen fp32 base under bf16 autocast would copy
+    every weight to bf16 at every matmul (`python -m utils bench --sweep` measures it).
     """
     from .hardware import detect_hardware
 
