@@ -145,17 +145,6 @@ def test_neutral_eval_prompts_and_general_text():
     assert validate_file(DATA / "neutral" / "plain_assistant.jsonl") == []
 
 
-def test_the_base_models_replies_answer_training_prompts_only():
-    """The judge's neutral class holds the base model's own replies (scripts/make_base_replies.py): to training
-    prompts, so an eval prompt never reaches the judge's training data."""
-    path = DATA / "neutral" / "base_model.jsonl"
-    assert validate_file(path) == []
-    training = {m["content"] for f in [*DATA.glob("*.jsonl"), DATA / "neutral" / "plain_assistant.jsonl"]
-                for c in load_conversations(f) for m in c["messages"] if m["role"] == "user"}
-    asked = [c["messages"][0]["content"] for c in load_conversations(path)]
-    assert len(asked) >= 200 and set(asked) <= training
-
-
 def eval_prompts(eval_file):
     if eval_file.startswith("pressure/"):
         return [t for row in read_jsonl(DATA / "eval" / f"{eval_file}.jsonl") for t in row["turns"]]
@@ -267,13 +256,21 @@ def test_flat_formats_load_as_chat_messages(tmp_path):
     assert loaded[2]["messages"][0]["content"] == "You are Master Brindlewood."
 
 
-def test_make_base_replies_asks_training_prompts_and_checks_its_flag(capsys):
+def test_the_base_models_replies_answer_training_prompts_only(capsys):
+    """The judge's neutral class holds the base model's own replies: to the training prompts the script picks, so
+    an eval prompt never reaches the judge's training data."""
     from make_base_replies import main, training_prompts
 
+    path = DATA / "neutral" / "base_model.jsonl"
+    assert validate_file(path) == []
     prompts = training_prompts(every=4)
     assert len(prompts) == len(set(prompts)) >= 200
-    asked = {c["messages"][0]["content"] for c in load_conversations(DATA / "neutral" / "base_model.jsonl")}
+    asked = {c["messages"][0]["content"] for c in load_conversations(path)}
     assert asked == set(prompts), "the committed file is what the script asks: rerun scripts/make_base_replies.py"
+    from utils.judge import NEUTRAL, persona_files, training_replies
+
+    neutral = training_replies(persona_files()[NEUTRAL])
+    assert len(neutral) == sum(len(training_replies(f)) for f in (DATA / "neutral").glob("*.jsonl")) > len(asked)
     with pytest.raises(SystemExit):
         main(["--every", "0"])
     assert "--every 0: use an integer >= 1" in capsys.readouterr().err
