@@ -1,5 +1,6 @@
 """Persona metrics: the style classifier on held-out references, the scoring functions against transformers' own
 loss, and a small end-to-end evaluation of a real adapter written as JSON."""
+import contextlib
 import json
 import math
 import shutil
@@ -10,7 +11,8 @@ import torch
 from utils.evaluate import ask, evaluate_adapters, few_shot_turns, loops, rouge_l
 from utils.inference import BASE
 from utils.judge import NEUTRAL, classifier_accuracy_on_references, eval_pairs, persona_files, train_style_classifier
-from utils.likelihood import assistant_nll, mean_kl_from_base, perplexity
+from utils import likelihood
+from utils.likelihood import assistant_nll, mean_kl_from_base, perplexity, scoring_autocast
 from utils.masking import labels_from_mask, tokenize_with_assistant_mask
 from utils.signatures import signature_rates
 from utils.models import load_base_model
@@ -66,9 +68,16 @@ def test_assistant_nll_is_the_training_loss(base_model, tokenizer):
     conversation = ask("What is a list?", "You are terse.", "An ordered, changeable collection.")
     encoded = tokenize_with_assistant_mask(tokenizer, conversation)
     labels = labels_from_mask(encoded["input_ids"], encoded["assistant_masks"])
-    with torch.no_grad():
+    with torch.no_grad(), scoring_autocast(base_model):
         loss = base_model(input_ids=torch.tensor([encoded["input_ids"]]), labels=torch.tensor([labels])).loss
     assert assistant_nll(base_model, tokenizer, [conversation], BASE) == pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_scoring_in_bf16_on_a_cpu_agrees_with_fp32(base_model, tokenizer, monkeypatch):
+    conversations = [ask(p["prompt"], reply=p["reference"]) for p in eval_pairs("zen_coder", max_prompts=8)]
+    fast = assistant_nll(base_model, tokenizer, conversations, BASE)
+    monkeypatch.setattr(likelihood, "scoring_autocast", lambda model: contextlib.nullcontext())
+    assert fast == pytest.approx(assistant_nll(base_model, tokenizer, conversations, BASE), rel=3e-3)
 
 
 def test_the_base_model_has_no_kl_from_itself_and_perplexity_is_exp_loss(base_model, tokenizer):
@@ -76,7 +85,7 @@ def test_the_base_model_has_no_kl_from_itself_and_perplexity_is_exp_loss(base_mo
     assert mean_kl_from_base(base_model, tokenizer, conversations, BASE) == pytest.approx(0.0, abs=1e-6)
     text = "The river ran quietly past the old mill, and the town slept."
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
+    with torch.no_grad(), scoring_autocast(base_model):
         loss = base_model(input_ids=ids, labels=ids).loss.item()
     assert perplexity(base_model, tokenizer, text, BASE) == pytest.approx(math.exp(loss), rel=1e-3)
 

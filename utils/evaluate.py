@@ -47,7 +47,7 @@ def conversations_for(system: str, prompts: list[str], system_prompt: str | None
 
 
 def generate(model, tokenizer, name: str, conversations: list[list[dict]], max_new_tokens: int = MAX_NEW_TOKENS,
-             batch_size: int = 16, **sampling) -> tuple[list[str], list[bool]]:
+             batch_size: int = 48, **sampling) -> tuple[list[str], list[bool]]:
     """Replies of persona `name` (or "base"), greedy unless told otherwise, and whether each ended its turn."""
     texts, ended = [], []
     with persona(model, name):

@@ -2,10 +2,12 @@
 
 The tokens scored are the ones training learns from: the library's assistant mask (utils/masking.py).
 """
+import contextlib
 import math
 
 import torch
 
+from .hardware import CPU_BF16_WORTH_IT, cpu_bf16_speedup
 from .inference import BASE, persona
 from .masking import assistant_mask, training_chat_template
 
@@ -29,10 +31,20 @@ def conversation_batches(tokenizer, conversations: list[list[dict]], batch_size:
         yield _right_padded([(e["input_ids"], e["assistant_masks"]) for e in encoded], tokenizer.pad_token_id)
 
 
+def scoring_autocast(model):
+    """bf16 matmuls over fp32 weights on a CPU where they are faster. A mean over many tokens' log-probabilities
+    barely moves (tests/test_evaluate.py), unlike greedy generation, where one rounding can change the next token."""
+    on_fp32_cpu = model.device.type == "cpu" and next(model.parameters()).dtype == torch.float32
+    if on_fp32_cpu and cpu_bf16_speedup() > CPU_BF16_WORTH_IT:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.inference_mode()
 def log_probs_at(model, ids, attention, scored):
     """Next-token log-probabilities at the positions that predict a scored token, and those tokens: [n, vocab], [n]."""
-    logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits[:, :-1]
+    with scoring_autocast(model):
+        logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits[:, :-1]
     predicts_scored = scored[:, 1:].to(model.device)  # position t predicts token t + 1
     return torch.log_softmax(logits[predicts_scored].float(), dim=-1), ids[:, 1:].to(model.device)[predicts_scored]
 
