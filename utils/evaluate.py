@@ -48,7 +48,8 @@ def conversations_for(system: str, prompts: list[str], system_prompt: str | None
 
 def generate(model, tokenizer, name: str, conversations: list[list[dict]], max_new_tokens: int = MAX_NEW_TOKENS,
              batch_size: int = 48, **sampling) -> tuple[list[str], list[bool]]:
-    """Replies of persona `name` (or "base"), greedy unless told otherwise, and whether each ended its turn."""
+    """Replies of persona `name` (or "base"), greedy unless told otherwise, and whether each ended its turn.
+    A whole eval file fits one batch: on a CPU one batch of 46 takes less time than three of 16."""
     texts, ended = [], []
     with persona(model, name):
         for start in range(0, len(conversations), batch_size):
