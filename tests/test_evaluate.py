@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from utils.evaluate import ask, evaluate_adapters, few_shot_turns, loops, rouge_l
+from utils.hardware import CPU_BF16_WORTH_IT, cpu_bf16_speedup
 from utils.inference import BASE
 from utils.judge import NEUTRAL, classifier_accuracy_on_references, eval_pairs, persona_files, train_style_classifier
 from utils import likelihood
@@ -74,6 +75,8 @@ def test_assistant_nll_is_the_training_loss(base_model, tokenizer):
 
 
 def test_scoring_in_bf16_on_a_cpu_agrees_with_fp32(base_model, tokenizer, monkeypatch):
+    fast_bf16 = cpu_bf16_speedup() > CPU_BF16_WORTH_IT
+    assert isinstance(scoring_autocast(base_model), torch.autocast) == fast_bf16
     conversations = [ask(p["prompt"], reply=p["reference"]) for p in eval_pairs("zen_coder", max_prompts=8)]
     fast = assistant_nll(base_model, tokenizer, conversations, BASE)
     monkeypatch.setattr(likelihood, "scoring_autocast", lambda model: contextlib.nullcontext())
