@@ -13,7 +13,7 @@ from utils.hardware import CPU_BF16_WORTH_IT, cpu_bf16_speedup
 from utils.inference import BASE
 from utils.judge import NEUTRAL, classifier_accuracy_on_references, eval_pairs, persona_files, train_style_classifier
 from utils import likelihood
-from utils.likelihood import assistant_nll, mean_kl_from_base, perplexity, scoring_autocast
+from utils.likelihood import assistant_nll, mean_kl_from_base, perplexity, scoring_autocast, scoring_dtype
 from utils.masking import labels_from_mask, tokenize_with_assistant_mask
 from utils.signatures import signature_rates
 from utils.models import load_base_model
@@ -77,6 +77,7 @@ def test_assistant_nll_is_the_training_loss(base_model, tokenizer):
 def test_scoring_in_bf16_on_a_cpu_agrees_with_fp32(base_model, tokenizer, monkeypatch):
     fast_bf16 = cpu_bf16_speedup() > CPU_BF16_WORTH_IT
     assert isinstance(scoring_autocast(base_model), torch.autocast) == fast_bf16
+    assert scoring_dtype(base_model) == ("bfloat16 autocast" if fast_bf16 else "float32"), "what reports record"
     conversations = [ask(p["prompt"], reply=p["reference"]) for p in eval_pairs("zen_coder", max_prompts=8)]
     fast = assistant_nll(base_model, tokenizer, conversations, BASE)
     monkeypatch.setattr(likelihood, "scoring_autocast", lambda model: contextlib.nullcontext())

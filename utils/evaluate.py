@@ -14,7 +14,7 @@ from .data import load_conversations
 from .inference import BASE, generate_token_ids, persona, with_system_prompt
 from .judge import (DATA_DIR, NEUTRAL, classifier_accuracy_on_references, eval_pairs, persona_files,
                     style_accuracy, style_probabilities, train_style_classifier)
-from .likelihood import assistant_nll, mean_kl_from_base, perplexity
+from .likelihood import assistant_nll, mean_kl_from_base, perplexity, scoring_dtype
 from .signatures import signature_rates
 
 SYSTEMS = ("base", "prompted", "fewshot", "adapter")
@@ -209,6 +209,7 @@ def evaluate_loaded(model, tokenizer, system_prompts: dict[str, str | None], cla
     report["targets"] = check_targets(report)
     report["settings"] = {"max_prompts": max_prompts, "max_new_tokens": max_new_tokens, "decoding": "greedy",
                           "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                          "scoring_dtype": scoring_dtype(model),
                           "few_shot_examples": FEW_SHOT, "seconds": round(time.perf_counter() - start, 1)}
     return report
 

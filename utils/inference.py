@@ -4,7 +4,7 @@ import threading
 from pathlib import Path
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import DynamicCache, TextIteratorStreamer
 
 from .errors import FlagError
 
@@ -75,12 +75,45 @@ def _inputs(tokenizer, conversations, device):
                      add_special_tokens=False).to(device)
 
 
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens all rows share, leaving every row at least one token of its own."""
+    n = min(map(len, rows)) - 1
+    return next((i for i in range(n) if len({row[i] for row in rows}) > 1), n)
+
+
+def prefix_cache(model, prefix: list[int], copies: int):
+    """The keys and values of a prompt prefix every row shares: computed once, then copied for each row."""
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(copies)
+    return cache
+
+
+def _shared_prefix_inputs(tokenizer, rows: list[list[int]], n: int, device) -> dict:
+    """Each row as [shared prefix | padding | its own tokens]: the attention mask skips the padding, and the position
+    ids that generate derives from the mask are the ones plain left padding gives."""
+    width = max(map(len, rows)) - n
+    ids, mask = [], []
+    for row in rows:
+        pads = width - (len(row) - n)
+        ids.append(row[:n] + [tokenizer.pad_token_id] * pads + row[n:])
+        mask.append([1] * n + [0] * pads + [1] * (len(row) - n))
+    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
+
+
 @torch.inference_mode()
 def generate_token_ids(model, tokenizer, conversations: list[list[dict]], **sampling) -> list[list[int]]:
-    """New token ids for each conversation (batched, left-padded), ending at the end-of-turn token when it stopped."""
-    inputs = _inputs(tokenizer, conversations, model.device)
-    output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                            **sampling_kwargs(**sampling))
+    """New token ids for each conversation (batched), ending at the end-of-turn token when it stopped.
+
+    The prompt prefix the rows share (a system prompt, few-shot examples) is run once per batch, not once per row,
+    and its keys and values are copied to every row: the same tokens come out, with less prefill work."""
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    n = shared_prefix_length(rows)
+    inputs = _shared_prefix_inputs(tokenizer, rows, n, model.device)
+    cache = prefix_cache(model, rows[0][:n], len(rows)) if n else None
+    output = model.generate(**inputs, past_key_values=cache, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id, **sampling_kwargs(**sampling))
     new = output[:, inputs["input_ids"].shape[1]:].tolist()
     eos = tokenizer.eos_token_id
     return [row[: row.index(eos) + 1] if eos in row else row for row in new]

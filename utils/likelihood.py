@@ -40,6 +40,13 @@ def scoring_autocast(model):
     return contextlib.nullcontext()
 
 
+def scoring_dtype(model) -> str:
+    """What the scoring matmuls run in, for reports: "bfloat16 autocast" or the weights' own dtype."""
+    if isinstance(scoring_autocast(model), torch.autocast):
+        return "bfloat16 autocast"
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 @torch.inference_mode()
 def log_probs_at(model, ids, attention, scored):
     """Next-token log-probabilities at the positions that predict a scored token, and those tokens: [n, vocab], [n]."""
