@@ -117,6 +117,7 @@ def build_parser():
     sweep.add_argument("--out", help="default: figures/recipe_sweep_<persona>.json")
     sweep.add_argument("--max_prompts", type=int, default=24)
     sweep.add_argument("--max_new_tokens", type=int, default=96)
+    sweep.add_argument("--seeds", type=int, nargs="*", help="train each recipe once per seed (default: once, its own)")
     return parser
 
 
@@ -254,7 +255,7 @@ def run_sweep(args):
     settings = {"max_prompts": args.max_prompts, "max_new_tokens": args.max_new_tokens,
                 "prompts": "spread over the eval file"}
     rows = run_sweep(args.persona, args.recipes, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens,
-                     progress=print, on_row=lambda rows: save_sweep(rows, args.persona, out, settings))
+                     seeds=args.seeds or (None,), progress=print, on_row=lambda rows: save_sweep(rows, args.persona, out, settings))
     print(sweep_table(rows).round(3).to_string())
     print(f"wrote {out}")
     return 0

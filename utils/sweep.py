@@ -83,27 +83,30 @@ def score(adapter_dir, classifier, max_prompts: int | None, max_new_tokens: int)
 
 
 def run_sweep(persona: str, labels=None, out_dir="build/sweep", profile=None, max_prompts: int | None = 24,
-              max_new_tokens: int = 96, progress=None, on_row=None) -> list[dict]:
-    """Train and score each recipe in turn; one row per recipe (handed to `on_row` as soon as it is measured)."""
+              max_new_tokens: int = 96, seeds=(None,), progress=None, on_row=None) -> list[dict]:
+    """Train and score each recipe in turn, once per seed (None: the recipe's own); one row per training run, handed
+    to `on_row` as soon as it is measured. A loop rate from one run is one draw: several seeds show its spread."""
     from .adapters import read_record
     from .judge import train_style_classifier
     from .training import train_persona
 
     classifier = train_style_classifier()
     rows = []
-    for label in labels or RECIPES:
-        config = recipe_config(RECIPES[label], persona, Path(out_dir) / "adapters")
+    runs = [(label, seed) for label in labels or RECIPES for seed in seeds]
+    for label, seed in runs:
+        changes = RECIPES[label] | ({"seed": seed} if seed is not None else {})
+        config = recipe_config(changes, persona, Path(out_dir) / "adapters")
         start = time.perf_counter()
         adapter = train_persona(config, profile)
         seconds = time.perf_counter() - start
         record = read_record(adapter)
-        row = {"recipe": label, "train_seconds": round(seconds), "steps": record["global_steps"],
+        row = {"recipe": label, "seed": config.seed, "train_seconds": round(seconds), "steps": record["global_steps"],
                "kept": record["best_checkpoint"] or "last", **score(adapter, classifier, max_prompts, max_new_tokens)}
         rows.append(row)
         if on_row:
             on_row(rows)
         if progress:
-            progress(f"{label}: style {row['style_accuracy_adapter']:.2f}, NLL {row['nll_adapter']:.3f} "
+            progress(f"{label}, seed {config.seed}: style {row['style_accuracy_adapter']:.2f}, NLL {row['nll_adapter']:.3f} "
                      f"(base {row['nll_base']:.3f}), {seconds:.0f} s")
         shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     return rows
@@ -115,12 +118,15 @@ def save_sweep(rows: list[dict], persona: str, path, settings: dict):
 
 
 def sweep_table(rows: list[dict]):
-    """The sweep as a pandas table, the columns that decide a recipe."""
+    """The sweep as a pandas table, one row per recipe: the means over its seeds of the columns that decide a recipe,
+    and the loop rate's lowest and highest run."""
     import pandas as pd
 
-    table = pd.DataFrame(rows).set_index("recipe")
+    table = pd.DataFrame(rows)
     table["NLL vs base"] = table["nll_adapter"] / table["nll_base"] - 1
     table["ppl vs base"] = table["ppl_general_adapter"] / table["ppl_general_base"] - 1
-    columns = ["style_accuracy_adapter", "NLL vs base", "kl_neutral", "ppl vs base", "repetition_rate_adapter",
-               "ended_rate_adapter", "steps", "kept", "train_seconds"]
-    return table[columns]
+    runs = table.groupby("recipe", sort=False)
+    means = runs[["style_accuracy_adapter", "NLL vs base", "kl_neutral", "ppl vs base", "repetition_rate_adapter",
+                  "ended_rate_adapter", "steps", "train_seconds"]].mean()
+    loops = runs["repetition_rate_adapter"]
+    return means.assign(loops_min=loops.min(), loops_max=loops.max(), runs=runs.size(), kept=runs["kept"].first())
