@@ -255,7 +255,8 @@ def run_sweep(args):
     settings = {"max_prompts": args.max_prompts, "max_new_tokens": args.max_new_tokens,
                 "prompts": "spread over the eval file"}
     rows = run_sweep(args.persona, args.recipes, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens,
-                     seeds=args.seeds or (None,), progress=print, on_row=lambda rows: save_sweep(rows, args.persona, out, settings))
+                     seeds=args.seeds, progress=print,
+                     on_row=lambda rows: save_sweep(rows, args.persona, out, settings))
     print(sweep_table(rows).round(3).to_string())
     print(f"wrote {out}")
     return 0

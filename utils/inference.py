@@ -68,8 +68,13 @@ def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0, repetition_pen
     return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
 
+def prompt_texts(tokenizer, conversations) -> list[str]:
+    """Each conversation as the chat template writes it, ending where the assistant's reply begins."""
+    return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+
+
 def _inputs(tokenizer, conversations, device):
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = prompt_texts(tokenizer, conversations)
     # Left padding: generation continues from the right end of every row (the tokenizer's own setting is kept).
     return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
                      add_special_tokens=False).to(device)
@@ -107,8 +112,7 @@ def generate_token_ids(model, tokenizer, conversations: list[list[dict]], **samp
 
     The prompt prefix the rows share (a system prompt, few-shot examples) is run once per batch, not once per row,
     and its keys and values are copied to every row: the same tokens come out, with less prefill work."""
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompt_texts(tokenizer, conversations)]
     n = shared_prefix_length(rows)
     inputs = _shared_prefix_inputs(tokenizer, rows, n, model.device)
     cache = prefix_cache(model, rows[0][:n], len(rows)) if n else None

@@ -83,8 +83,8 @@ def score(adapter_dir, classifier, max_prompts: int | None, max_new_tokens: int)
 
 
 def run_sweep(persona: str, labels=None, out_dir="build/sweep", profile=None, max_prompts: int | None = 24,
-              max_new_tokens: int = 96, seeds=(None,), progress=None, on_row=None) -> list[dict]:
-    """Train and score each recipe in turn, once per seed (None: the recipe's own); one row per training run, handed
+              max_new_tokens: int = 96, seeds=None, progress=None, on_row=None) -> list[dict]:
+    """Train and score each recipe in turn, once per seed (none given: its own seed); one row per training run, handed
     to `on_row` as soon as it is measured. A loop rate from one run is one draw: several seeds show its spread."""
     from .adapters import read_record
     from .judge import train_style_classifier
@@ -92,7 +92,7 @@ def run_sweep(persona: str, labels=None, out_dir="build/sweep", profile=None, ma
 
     classifier = train_style_classifier()
     rows = []
-    runs = [(label, seed) for label in labels or RECIPES for seed in seeds]
+    runs = [(label, seed) for label in labels or RECIPES for seed in seeds or (None,)]
     for label, seed in runs:
         changes = RECIPES[label] | ({"seed": seed} if seed is not None else {})
         config = recipe_config(changes, persona, Path(out_dir) / "adapters")
@@ -100,14 +100,15 @@ def run_sweep(persona: str, labels=None, out_dir="build/sweep", profile=None, ma
         adapter = train_persona(config, profile)
         seconds = time.perf_counter() - start
         record = read_record(adapter)
-        row = {"recipe": label, "seed": config.seed, "train_seconds": round(seconds), "steps": record["global_steps"],
-               "kept": record["best_checkpoint"] or "last", **score(adapter, classifier, max_prompts, max_new_tokens)}
+        row = {"recipe": label, "seed": config.seed, "train_seconds": round(seconds),
+               "steps": record["global_steps"], "kept": record["best_checkpoint"] or "last",
+               **score(adapter, classifier, max_prompts, max_new_tokens)}
         rows.append(row)
         if on_row:
             on_row(rows)
         if progress:
-            progress(f"{label}, seed {config.seed}: style {row['style_accuracy_adapter']:.2f}, NLL {row['nll_adapter']:.3f} "
-                     f"(base {row['nll_base']:.3f}), {seconds:.0f} s")
+            progress(f"{label}, seed {config.seed}: style {row['style_accuracy_adapter']:.2f}, "
+                     f"NLL {row['nll_adapter']:.3f} (base {row['nll_base']:.3f}), {seconds:.0f} s")
         shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     return rows
 
