@@ -11,7 +11,8 @@ import torch
 from utils.evaluate import ask, evaluate_adapters, few_shot_turns, loops, rouge_l
 from utils.hardware import CPU_BF16_WORTH_IT, cpu_bf16_speedup
 from utils.inference import BASE
-from utils.judge import NEUTRAL, classifier_accuracy_on_references, eval_pairs, persona_files, train_style_classifier
+from utils.judge import (NEUTRAL, classifier_accuracy_on_references, eval_pairs, mask_topic, persona_files,
+                         train_style_classifier, voice_vocabulary)
 from utils import likelihood
 from utils.likelihood import assistant_nll, mean_kl_from_base, perplexity, scoring_autocast, scoring_dtype
 from utils.masking import labels_from_mask, tokenize_with_assistant_mask
@@ -49,6 +50,16 @@ def test_the_classifier_tells_the_personas_apart_on_held_out_references(classifi
     accuracy = classifier_accuracy_on_references(classifier)
     assert accuracy["overall"] >= 0.9, accuracy
     assert set(accuracy) == {"overall", *persona_files()} and min(accuracy.values()) >= 0.75, accuracy
+
+
+def test_the_judge_reads_the_words_a_voice_keeps_using_and_masks_the_topic(classifier):
+    replies = {"pirate": ["Aye, matey, a list be ordered.", "Aye, a tuple be fixed, matey."] * 25 + ["A tripod."],
+               "plain": ["A list is ordered.", "A tuple is fixed."] * 25 + ["Use a tripod."]}
+    vocabulary = voice_vocabulary(replies)
+    assert {"aye", "matey", "be", "list", "is"} <= vocabulary and "tripod" not in vocabulary
+    assert mask_topic("Use a Tripod, matey!", vocabulary) == "_ a _, matey!"
+    read = classifier.named_steps["tfidfvectorizer"].preprocessor
+    assert read("Keep the salmon in the oven, me hearty.") == "keep the _ in the _, me hearty."
 
 
 def test_each_signature_opens_its_own_references_and_rarely_the_plain_ones():

@@ -35,6 +35,7 @@ def test_notebook_06_evaluates_blends_and_chats(pirate_adapter, tmp_path):
     for figure in ("06_style_accuracy.png", "06_persona_markers.png", "06_blend_sweep.png"):
         assert (tmp_path / figure).stat().st_size > 10_000, figure
     text = outputs_text(executed)
+    assert "the judge reads: use a good _ with a steady hand, me hearty, and a _." in text
     assert "the whole difference is the cross terms" in text
     assert "shared prefix once" in text, "the shared-prefix KV cache is checked against plain left padding"
     assert "master_brindlewood: loops" in text and "(mean of 3 runs each)" in text, "NEFTune decided by three seeds"

@@ -247,13 +247,14 @@ def run_evaluate(args):
 
 
 def run_sweep(args):
+    from .judge import JUDGE_READS
     from .sweep import check_sweep, run_sweep, save_sweep, sweep_table
 
     check_sweep(args.persona, args.recipes)
     out = args.out or f"figures/recipe_sweep_{args.persona}.json"
     at_least(1, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens)
     settings = {"max_prompts": args.max_prompts, "max_new_tokens": args.max_new_tokens,
-                "prompts": "spread over the eval file"}
+                "prompts": "spread over the eval file", "judge": JUDGE_READS}
     rows = run_sweep(args.persona, args.recipes, max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens,
                      seeds=args.seeds, progress=print,
                      on_row=lambda rows: save_sweep(rows, args.persona, out, settings))
