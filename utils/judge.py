@@ -5,7 +5,7 @@ every persona plus the neutral class: every file in `persona_data/neutral/`, a p
 the base model's own (`scripts/make_base_replies.py`), so that the base's register is not mistaken for a persona.
 It reads the voice, not the topic: a word that fewer than 2% of every class's replies use ("tripod", "salmon") is
 read as "_", so a pirate's answer is not given to another persona whose data happens to cover its topic; "matey",
-"be", "a cat's", the sage's closing "_ is ." and Zen's short "_ ." stay. Every class weighs the same, though the
+"be", "a cat's", the sage's closing "is ." and Zen's short "_ ." stay. Every class weighs the same, though the
 neutral class has the most replies. It must prove itself on held-out references before it scores anything.
 """
 import functools
