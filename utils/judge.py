@@ -71,7 +71,7 @@ def train_style_classifier(data_dir=DATA_DIR, voice_share: float = VOICE_SHARE):
     texts = [reply for name in replies for reply in replies[name]]
     labels = [name for name in replies for _ in replies[name]]
     read = functools.partial(mask_topic, vocabulary=voice_vocabulary(replies, voice_share))
-    vectorizer = TfidfVectorizer(preprocessor=read, token_pattern=r"[a-z']+|[^\sa-z']", ngram_range=(1, 2),
+    vectorizer = TfidfVectorizer(preprocessor=read, token_pattern=rf"{WORD.pattern}|[^\sa-z']", ngram_range=(1, 2),
                                  sublinear_tf=True, min_df=2)
     classifier = make_pipeline(vectorizer, LogisticRegression(C=10, max_iter=2000, class_weight="balanced"))
     return classifier.fit(texts, labels)
