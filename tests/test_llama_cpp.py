@@ -28,9 +28,9 @@ def sentencepiece_tokenizer(folder):
 
 
 def logits_in_llama_cpp(path, adapter=None):
-    from llama_cpp import Llama
+    from utils.llama_cpp import load_gguf
 
-    llm = Llama(str(path), lora_path=str(adapter) if adapter else None, logits_all=True, n_ctx=64, verbose=False)
+    llm = load_gguf(path, adapter, n_ctx=64, logits_all=True)
     llm.eval(TOKENS)
     return np.array(llm.scores[:len(TOKENS)])
 

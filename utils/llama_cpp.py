@@ -123,11 +123,33 @@ def convert_adapter(adapter_dir, base_dir, path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def weights_not_repacked():
+    """Load models with llama.cpp's weights as the file holds them (its `--no-extra-bufts`). On a Xeon with AMX,
+    llama.cpp repacks q8_0 and q4_k_m weights for the matrix units, and its first decode then crashes
+    (ggml-org/llama.cpp#20824); llama-cpp-python has no flag for this, so its default model parameters are swapped
+    while a model loads."""
+    import llama_cpp.llama_cpp as library
+
+    default = library.llama_model_default_params
+
+    def unrepacked():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    library.llama_model_default_params = unrepacked
+    try:
+        yield
+    finally:
+        library.llama_model_default_params = default
+
+
 def load_gguf(path, adapter=None, n_ctx: int = 1024, **options):
     """A GGUF model in llama.cpp (through llama-cpp-python), optionally with an adapter-only GGUF applied."""
     from llama_cpp import Llama
 
-    with c_stderr_silenced():  # llama.cpp reports each adapter tensor it places
+    with c_stderr_silenced(), weights_not_repacked():  # llama.cpp reports each adapter tensor it places
         return Llama(str(path), lora_path=str(adapter) if adapter else None, n_ctx=n_ctx, seed=0, verbose=False,
                      n_threads=os.cpu_count() or 1, **options)
 
