@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import nbformat
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,8 @@ def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, 
     # IPC sockets, not TCP: a local kernel needs no network port (and ipykernel warns about unencrypted TCP). The
     # socket files go to a folder of their own: a kernel that is killed cannot leave them in the repository.
     sockets = tempfile.TemporaryDirectory(prefix="kernel-")
-    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets.name) / "ipc"))
+    # The async manager: nbclient's polling then notices a kernel that crashed (the blocking one hung on it).
+    kernel = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets.name) / "ipc"))
     if progress:  # training inside the kernel writes a progress line to the terminal (utils.training)
         os.environ["PERSONA_LORA_PROGRESS"] = "1"
     client = NotebookClient(notebook, km=kernel, timeout=timeout, resources={"metadata": {"path": str(ROOT)}},
@@ -90,7 +92,7 @@ def run_notebook(path: Path, params: dict | None = None, out_dir: Path = BUILD, 
     finally:
         nbformat.write(notebook, out)
         if kernel.has_kernel:
-            kernel.shutdown_kernel(now=True)
+            run_sync(kernel.shutdown_kernel)(now=True)
         sockets.cleanup()
     return out
 

@@ -60,3 +60,16 @@ def test_the_first_cell_runs_twice_on_a_stand_in_colab(tmp_path):
         assert "installing" not in done.stdout, "the pinned versions are installed: nothing to install"
     assert (clone / "trained_adapters").resolve() == (tmp_path / "drive" / "trained_adapters").resolve()
     assert json.loads((ROOT / "notebooks" / NOTEBOOKS[0].name).read_text())["metadata"]["accelerator"] == "GPU"
+
+
+def test_a_kernel_that_crashes_ends_the_run_at_once(tmp_path):
+    """A segfault in a notebook (llama.cpp did one) stops `make run` with DeadKernelError, instead of a hang."""
+    from nbclient.exceptions import DeadKernelError
+    from run_series import run_notebook
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os, signal\n"
+                                                                         "os.kill(os.getpid(), signal.SIGSEGV)")])
+    path = tmp_path / "crash.ipynb"
+    nbformat.write(notebook, path)
+    with pytest.raises(DeadKernelError):
+        run_notebook(path, out_dir=tmp_path / "out", timeout=120)
