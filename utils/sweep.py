@@ -36,6 +36,8 @@ RECIPES = {
     "lr 3e-3, 2 epochs, last not best": {"learning_rate": 3e-3, "num_train_epochs": 2},
     "lr 2e-3, 2 epochs, lora_dropout 0.1, last not best": {"learning_rate": 2e-3, "num_train_epochs": 2,
                                                            "lora_dropout": 0.1},
+    "lr 2e-3, 2 epochs, DFT loss, last not best": {"learning_rate": 2e-3, "num_train_epochs": 2, "loss_type": "dft"},
+    "lr 4e-3, 2 epochs, DFT loss, last not best": {"learning_rate": 4e-3, "num_train_epochs": 2, "loss_type": "dft"},
     "lr 1e-3, 3 epochs": {"learning_rate": 1e-3, "num_train_epochs": 3, **BEST},
     "lr 1e-3, 2 epochs, last not best": {"learning_rate": 1e-3, "num_train_epochs": 2},
     "lr 1e-3, 2 epochs, r 32 alpha 64": {"learning_rate": 1e-3, "num_train_epochs": 2, "lora_r": 32, "lora_alpha": 64,

@@ -44,6 +44,7 @@ class TrainConfig:
     use_rslora: bool = False
     neftune_noise_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (persona_recipe)
     full_sequence_loss: bool = False
+    loss_type: str = "nll"  # "dft": each token's loss weighed by the model's own probability of it (trl's DFT)
     keep_best: bool = False  # the checkpoint with the lowest eval loss instead of the last (it looped more: 06)
     eval_fraction: float = 0.1
     save_steps: int = 0  # 0: save (and evaluate) once per epoch
@@ -93,6 +94,7 @@ RANGES = {  # flag: (test, what is allowed)
     "save_steps": (lambda v: v >= 0, "an integer >= 0 (0: once per epoch)"),
     "save_total_limit": (lambda v: v >= 1, "an integer >= 1"),
     "persona_name": (lambda v: bool(v.strip()), "a non-empty name"),
+    "loss_type": (lambda v: v in ("nll", "dft"), "nll or dft"),
     "precision": (lambda v: v in ("auto", *PRECISIONS), f"one of auto, {', '.join(PRECISIONS)}"),
     "report_to": (lambda v: v in ("none", "tensorboard"), "none or tensorboard"),
 }
@@ -133,6 +135,7 @@ def sft_config(config: TrainConfig, profile, n_train: int, has_eval: bool):
         output_dir=str(config.checkpoint_dir),
         max_length=config.max_seq_length,
         assistant_only_loss=not config.full_sequence_loss,
+        loss_type=config.loss_type,
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
