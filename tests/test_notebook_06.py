@@ -39,6 +39,7 @@ def test_notebook_06_evaluates_blends_and_chats(pirate_adapter, tmp_path):
     assert "the whole difference is the cross terms" in text
     assert "shared prefix once" in text, "the shared-prefix KV cache is checked against plain left padding"
     assert "master_brindlewood: loops" in text and "(mean of 3 runs each)" in text, "NEFTune decided by three seeds"
+    assert "DFT loss, last not best: NLL +" in text, "the DFT rows are checked against the base"
     assert "application/vnd.jupyter.widget-view+json" in text, "the chat with its blend slider is displayed"
     assert "blend_70_captain_codebeard_30_zen_coder:" in text
     assert "correct: your blend is exactly" in text, "the exercise's solution passes its check"
