@@ -125,7 +125,7 @@ def convert_adapter(adapter_dir, base_dir, path) -> Path:
 
 @contextlib.contextmanager
 def weights_not_repacked():
-    """Load models with the weights as the file holds them (llama.cpp's `--no-repack`). On a Xeon with AMX,
+    """Load models with the weights as the file holds them (llama.cpp's `--no-repack`). On some Xeons with AMX,
     llama.cpp repacks q8_0 and q4_k_m weights for the matrix units, and its first decode then crashes
     (ggml-org/llama.cpp#20824); llama-cpp-python has no flag for this, so its default model parameters are swapped
     while a model loads."""
