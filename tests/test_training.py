@@ -10,7 +10,8 @@ from utils.models import load_base_model
 from utils.adapters import AdapterExistsError, read_record
 from utils.training import TrainConfig, train_persona
 
-PROMPT = [{"role": "user", "content": "How should I organise my week?"}]
+PROMPTS = ["How should I organise my week?", "How do I name my variables?", "Why do tests matter?",
+           "Any tips for a rainy weekend?"]
 
 
 def mean(values):
@@ -33,12 +34,15 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(pirate_adapter):
 
 def test_adapter_reloads_changes_the_reply_and_stops_at_end_of_turn(pirate_adapter, tokenizer):
     model = attach_adapters(load_base_model(), {"captain_codebeard": pirate_adapter})
-    messages = with_system_prompt(PROMPT, read_record(pirate_adapter)["system_prompt"])
-    tuned = generate_token_ids(model, tokenizer, [messages], max_new_tokens=200)[0]
+    system_prompt = read_record(pirate_adapter)["system_prompt"]
+    conversations = [with_system_prompt([{"role": "user", "content": p}], system_prompt) for p in PROMPTS]
+    tuned = generate_token_ids(model, tokenizer, conversations, max_new_tokens=200)
     with model.disable_adapter():
-        base = generate_token_ids(model, tokenizer, [messages], max_new_tokens=200)[0]
-    assert tuned != base
-    assert tuned[-1] == tokenizer.eos_token_id, "the trained adapter must end its reply with <|im_end|>"
+        base = generate_token_ids(model, tokenizer, conversations, max_new_tokens=200)
+    assert all(t != b for t, b in zip(tuned, base))
+    # A short training run may loop on a prompt; one whose labels lost <|im_end|> would end on none.
+    ended = sum(row[-1] == tokenizer.eos_token_id for row in tuned)
+    assert ended >= len(PROMPTS) / 2, f"the trained adapter ended {ended}/{len(PROMPTS)} replies with <|im_end|>"
 
 
 def test_qlora_4bit_training_reaches_every_lora_layer(tmp_path):

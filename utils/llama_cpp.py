@@ -154,14 +154,16 @@ def load_gguf(path, adapter=None, n_ctx: int = 1024, **options):
                      n_threads=os.cpu_count() or 1, **options)
 
 
-def next_token_logits(llm, messages):
-    """llama.cpp's scores for the first token of the reply (needs a model loaded with logits_all=True)."""
+def scores_along(llm, messages, reply_ids):
+    """Teacher forcing: llama.cpp reads the prompt (built by the template inside the file) and then a given reply.
+    Returns the prompt's tokens and, for each reply token, the scores llama.cpp gave it just before (one row per
+    reply token; needs a model loaded with logits_all=True)."""
     import numpy as np
 
-    tokens = llm.tokenize(rendered_prompt(llm, messages).encode(), add_bos=False, special=True)
+    prompt = llm.tokenize(rendered_prompt(llm, messages).encode(), add_bos=False, special=True)
     llm.reset()
-    llm.eval(tokens)
-    return np.array(llm.scores[len(tokens) - 1])
+    llm.eval(prompt + list(reply_ids))
+    return prompt, np.array(llm.scores[len(prompt) - 1: len(prompt) + len(reply_ids) - 1])
 
 
 def greedy_reply(llm, messages, max_tokens: int) -> tuple[str, str]:
