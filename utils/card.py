@@ -7,6 +7,7 @@ from .adapters import RECORD_FILE
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model the embedded copy was quantized from
 BASE_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0"}  # id prefix -> license; others: check the base's card
 METRICS_FILE = Path("figures") / "persona_metrics.json"  # evaluation results, once notebook 06 has written them
+LAYERS = {"all-linear": "on every linear layer", "attention": "on the attention projections (q, k, v, o)"}
 
 
 def hub_base_model(record: dict) -> str:
@@ -49,7 +50,8 @@ def training_table(record: dict) -> str:
         "base model": (f"{EMBEDDED_HUB_ID} (the series' embedded copy: llama.cpp Q4_1 weights, dequantized)"
                        if base == "embedded" else base),
         "method": (f"{'QLoRA (4-bit NF4 base)' if record.get('quantized') else 'LoRA'}: r={s.get('lora_r')}, "
-                   f"alpha={s.get('lora_alpha')}, dropout={s.get('lora_dropout')}, on every linear layer"),
+                   f"alpha={s.get('lora_alpha')}, dropout={s.get('lora_dropout')}, "
+                   f"{LAYERS[s.get('lora_targets', 'all-linear')]}"),
         "data": (f"{record.get('train_examples')} conversations ({record.get('eval_examples')} more held out), "
                  f"loss on the assistant's tokens only"),
         "schedule": (f"{record.get('global_steps')} steps, batch {s.get('per_device_train_batch_size')} x "

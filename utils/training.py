@@ -42,6 +42,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # dropout draws a mask per adapter input per step: measurable on a CPU (bench --sweep)
     use_rslora: bool = False
+    lora_targets: str = "all-linear"  # or "attention": q, k, v and o projections only (LORA_TARGETS)
     neftune_noise_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (persona_recipe)
     full_sequence_loss: bool = False
     loss_type: str = "nll"  # "dft": each token's loss weighed by the model's own probability of it (trl's DFT)
@@ -65,6 +66,9 @@ class TrainConfig:
         return checkpoints_dir(self.output_dir, self.persona_name)
 
 
+# Which linear layers get an adapter: peft's "all-linear" (every one but the output head), or the attention
+# projections alone (Llama-family names), which leaves the MLPs, where much of what a model knows is stored, as is.
+LORA_TARGETS = {"all-linear": "all-linear", "attention": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 RECIPES_FILE = DATA_DIR / "recipes.json"
 
 
@@ -89,6 +93,7 @@ RANGES = {  # flag: (test, what is allowed)
     "lora_r": (lambda v: v >= 1, "an integer >= 1"),
     "lora_alpha": (lambda v: v > 0, "a number > 0"),
     "lora_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lora_targets": (lambda v: v in LORA_TARGETS, " or ".join(LORA_TARGETS)),
     "neftune_noise_alpha": (lambda v: v >= 0, "a number >= 0 (0: off)"),
     "eval_fraction": (lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"),
     "save_steps": (lambda v: v >= 0, "an integer >= 0 (0: once per epoch)"),
@@ -114,7 +119,8 @@ def lora_config(config: TrainConfig):
     from peft import LoraConfig
 
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      use_rslora=config.use_rslora, target_modules="all-linear", task_type="CAUSAL_LM")
+                      use_rslora=config.use_rslora, target_modules=LORA_TARGETS[config.lora_targets],
+                      task_type="CAUSAL_LM")
 
 
 def steps_per_epoch(config: TrainConfig, n_train: int, processes: int = 1) -> int:
