@@ -23,7 +23,8 @@ def one_error_line(capsys, code):
 @pytest.mark.parametrize("flag, value", [("--lora_r", "0"), ("--learning_rate", "-1"), ("--num_train_epochs", "0"),
                                          ("--lora_dropout", "1.5"), ("--max_seq_length", "4"),
                                          ("--per_device_train_batch_size", "0"), ("--eval_fraction", "0.9"),
-                                         ("--loss_type", "foo"), ("--lora_targets", "mlp")])
+                                         ("--loss_type", "foo"), ("--lora_targets", "mlp"),
+                                         ("--replay_fraction", "2")])
 def test_train_flags_out_of_range(flag, value, tmp_path, no_model_loads, capsys):
     code = main(["train", "--dataset_path", ZEN, "--persona_name", "zen_coder", "--output_dir", str(tmp_path),
                  flag, value])

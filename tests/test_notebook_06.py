@@ -42,6 +42,7 @@ def test_notebook_06_evaluates_blends_and_chats(pirate_adapter, tmp_path):
     assert "DFT loss, last not best: NLL +" in text, "the DFT rows are checked against the base"
     assert "master_brindlewood, lr 1e-3 vs 2e-3 (NEFTune 5 both): loops" in text, "the trade-off is checked"
     assert "zen_coder, 3 epochs vs 2: loops" in text, "the third epoch is checked against two"
+    assert "zen_coder, 2 epochs with replay vs without: loops" in text, "replay is checked against no replay"
     assert "master_brindlewood, attention only vs every linear layer (NEFTune 5 both): loops" in text
     assert "application/vnd.jupyter.widget-view+json" in text, "the chat with its blend slider is displayed"
     assert "blend_70_captain_codebeard_30_zen_coder:" in text

@@ -132,3 +132,13 @@ def test_target_checks_hold_and_fail_where_they_should():
     bad = good | {"style_accuracy_fewshot": 0.7, "nll_adapter": 3.5, "repetition_rate_adapter": 0.1}
     failed = {t for t, held in check_targets({"personas": {"p": bad}})["p"].items() if not held}
     assert failed == {"adapter >= 0.3 above prompted and few-shot", "NLL >= 25% below base", "repetition <= 0.05"}
+
+
+def test_replay_rows_are_the_base_models_plain_replies_without_loops():
+    from utils.evaluate import loops
+    from utils.training import replay_rows
+
+    rows = replay_rows(0.25, 200, seed=0)
+    assert len(rows) == 50 and rows == replay_rows(0.25, 200, seed=0) and replay_rows(0.0, 200, seed=0) == []
+    assert all(m["role"] != "system" for row in rows for m in row["messages"]), "replay asks no persona"
+    assert not any(loops(row["messages"][-1]["content"]) for row in rows)

@@ -45,6 +45,7 @@ class TrainConfig:
     lora_targets: str = "all-linear"  # or "attention": q, k, v and o projections only (LORA_TARGETS)
     neftune_noise_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (persona_recipe)
     full_sequence_loss: bool = False
+    replay_fraction: float = 0.0  # extra training rows of the base model's own plain replies, per persona row (replay)
     loss_type: str = "nll"  # "dft": each token's loss weighed by the model's own probability of it (trl's DFT)
     keep_best: bool = False  # the checkpoint with the lowest eval loss instead of the last (it looped more: 06)
     eval_fraction: float = 0.1
@@ -95,6 +96,7 @@ RANGES = {  # flag: (test, what is allowed)
     "lora_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "lora_targets": (lambda v: v in LORA_TARGETS, " or ".join(LORA_TARGETS)),
     "neftune_noise_alpha": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "replay_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1] (0: off)"),
     "eval_fraction": (lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"),
     "save_steps": (lambda v: v >= 0, "an integer >= 0 (0: once per epoch)"),
     "save_total_limit": (lambda v: v >= 1, "an integer >= 1"),
@@ -181,6 +183,21 @@ def split_train_eval(conversations, eval_fraction, seed):
     return shuffled[n_eval:], shuffled[:n_eval]
 
 
+REPLAY_FILE = DATA_DIR / "neutral" / "base_model.jsonl"
+
+
+def replay_rows(fraction: float, n_train: int, seed: int, path=REPLAY_FILE) -> list[dict]:
+    """Replay against forgetting: `fraction`·n_train of the base model's own replies to plain questions (no system
+    prompt, scripts/make_base_replies.py), the looping ones left out. Training on them teaches the adapter to leave
+    the base as it was wherever no persona is asked for, so the persona's rows can be learned harder."""
+    from .evaluate import loops
+
+    if not fraction:
+        return []
+    pool = [c for c in load_conversations(path) if not loops(c["messages"][-1]["content"])]
+    return random.Random(seed).sample(pool, min(len(pool), round(fraction * n_train)))
+
+
 def load_for_training(config: TrainConfig, profile):
     """The base model in the compute dtype (or 4-bit NF4), ready for LoRA; returns (model, quantized)."""
     from peft import prepare_model_for_kbit_training
@@ -225,6 +242,8 @@ def build_trainer(config: TrainConfig, profile, tokenizer, conversations=None, m
     profile = with_precision(profile, config.precision)
     conversations = conversations or load_conversations(config.dataset_path, persona=config.persona_name)
     train, held_out = split_train_eval(conversations, config.eval_fraction, config.seed)
+    replay = replay_rows(config.replay_fraction, len(train), config.seed)
+    train = train + replay
     if model is None:
         model, _ = load_for_training(config, profile)
     trainer_tokenizer = copy.deepcopy(tokenizer)
@@ -238,7 +257,7 @@ def build_trainer(config: TrainConfig, profile, tokenizer, conversations=None, m
                          peft_config=lora_config(config),
                          callbacks=[*callbacks, *progress_callbacks(config.persona_name)])
     keep_adapters_in_fp32(trainer.model)
-    trainer.split = {"train": len(train), "eval": len(held_out)}
+    trainer.split = {"train": len(train), "replay": len(replay), "eval": len(held_out)}
     return trainer
 
 
@@ -309,6 +328,7 @@ def training_record(config: TrainConfig, profile, trainer, conversations, second
         "quantized": bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
         "settings": asdict(config),
         "train_examples": trainer.split["train"],
+        "replay_examples": trainer.split["replay"],
         "eval_examples": trainer.split["eval"],
         "global_steps": state.global_step,
         "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
