@@ -17,8 +17,7 @@ from utils.data import DATA_DIR, load_conversations  # noqa: E402
 from utils.evaluate import MAX_NEW_TOKENS, ask, generate  # noqa: E402
 from utils.inference import BASE  # noqa: E402
 from utils.models import load_base_model, load_tokenizer  # noqa: E402
-
-OUT = DATA_DIR / "neutral" / "base_model.jsonl"
+from utils.training import REPLAY_FILE as OUT  # noqa: E402
 
 
 def training_prompts(every: int) -> list[str]:
