@@ -25,7 +25,7 @@ LEARN = {
     "06": "a style judge, few-shot baseline, NLL, forgetting, loops; the recipe sweep; blending and `linear`'s overshoot",
     "07": "where the time and memory go, MFU, what each setting is worth, T4 sizing, multi-GPU",
     "08": "package with a model card, merge, GGUF by llama.cpp's converter, run in llama.cpp, Ollama, publish",
-    "09": "DPO on top of SFT: pairs, the loss by hand vs trl's, in character under pressure, the chat's thumbs",
+    "09": "DPO on top of SFT: pairs, the loss by hand vs trl's, under pressure, against its own loops, the thumbs",
 }
 
 

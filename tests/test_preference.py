@@ -34,11 +34,29 @@ def test_thumbs_up_and_down_on_one_message_make_a_pair(tmp_path):
     assert feedback_pairs(ratings, "pirate") == []
 
 
-def test_prefer_flags_are_checked_before_any_model_loads(pirate_adapter, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("flag, value", [("--beta", "0"), ("--rejected", "the_base")])
+def test_prefer_flags_are_checked_before_any_model_loads(pirate_adapter, tmp_path, monkeypatch, capsys, flag, value):
     monkeypatch.setattr("utils.models.load_base_model", lambda *a, **k: pytest.fail("model loaded"))
-    code = main(["prefer", "--adapter_path", str(pirate_adapter), "--beta", "0", "--output_dir", str(tmp_path)])
+    code = main(["prefer", "--adapter_path", str(pirate_adapter), flag, value, "--output_dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and "--beta" in err and "Traceback" not in err
+    assert code == 2 and flag in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_own_loop_pairs_reject_the_adapters_own_looping_replies(pirate_adapter):
+    from utils.data import load_conversations
+    from utils.evaluate import loops
+    from utils.hardware import detect_hardware
+    from utils.preference import PreferConfig, load_policy, own_loop_pairs
+
+    model, tokenizer = load_policy(PreferConfig(adapter_path=str(pirate_adapter)), detect_hardware())
+    conversations = load_conversations(ROOT / "persona_data" / "captain_codebeard.jsonl")[:12]
+    references = {json.dumps(c["messages"][:-1]): c["messages"][-1]["content"] for c in conversations}
+    pairs = own_loop_pairs(model, tokenizer, conversations, max_pairs=12, seed=0, max_new_tokens=64)
+    for p in pairs:
+        assert p["chosen"][0]["content"] == references[json.dumps(p["prompt"])]
+        assert loops(p["rejected"][0]["content"]), "only looping replies are rejected"
+    assert len({json.dumps(p["prompt"]) for p in pairs}) == len(pairs) <= len(conversations)
 
 
 @pytest.mark.slow
@@ -58,7 +76,8 @@ def test_notebook_09_tunes_checks_the_loss_by_hand_and_writes_the_metrics(pirate
               "in_character_under_pressure_fewshot", "in_character_under_pressure_sft",
               "in_character_under_pressure_dpo", "nll_sft", "nll_dpo", "kl_neutral_sft", "kl_neutral_dpo",
               "ppl_general_base", "ppl_general_sft", "ppl_general_dpo"}
-    assert fields <= metrics.keys()
+    assert fields | {"repetition_rate_sft", "repetition_rate_dpo", "ended_rate_sft", "nll_base"} <= metrics.keys()
+    assert "SFT + DPO against its own loops" in text
     record = json.loads((tmp_path / "dpo" / "captain_codebeard_final_adapter" / "persona.json").read_text())
     assert record["method"] == "dpo" and record["dpo_steps"] == 2
     assert "pair(s) from your ratings" in text and "application/vnd.jupyter.widget-view+json" in text

@@ -244,8 +244,8 @@ def metrics_table(report: dict):
 
 def evaluate_preference(sft_adapter, dpo_adapter, max_prompts: int | None = None, max_rows: int | None = None,
                         max_new_tokens: int = 96) -> dict:
-    """SFT vs SFT+DPO for one persona: style, NLL, forgetting, and in character under pressure (with the prompted
-    and few-shot baselines), in the fields of figures/preference_metrics.json."""
+    """SFT vs SFT+DPO for one persona: style, NLL, forgetting, loops, end of turn, and in character under pressure
+    (with the prompted and few-shot baselines), in the fields of figures/preference_metrics.json."""
     from .loading import load_personas
 
     personas = load_personas({"sft": sft_adapter, "dpo": dpo_adapter})
@@ -263,9 +263,13 @@ def evaluate_preference(sft_adapter, dpo_adapter, max_prompts: int | None = None
         style, _ = evaluate_persona(model, tokenizer, classifier, name, system_prompt, max_prompts=max_prompts,
                                     max_new_tokens=max_new_tokens, systems=("adapter",), adapter=adapter)
         cost = forgetting(model, tokenizer, adapter, general, max_prompts=max_prompts)
-        metrics |= {f"style_accuracy_{adapter}": style["style_accuracy_adapter"],
+        metrics |= {f"style_accuracy_{adapter}": style["style_accuracy_adapter"], "nll_base": style["nll_base"],
                     f"nll_{adapter}": style["nll_adapter"], f"kl_neutral_{adapter}": cost["kl_neutral"],
-                    f"ppl_general_{adapter}": cost["ppl_general_adapter"]}
+                    f"ppl_general_{adapter}": cost["ppl_general_adapter"],
+                    f"repetition_rate_{adapter}": style["repetition_rate_adapter"],
+                    f"ended_rate_{adapter}": style["ended_rate_adapter"]}
     return {"personas": {name: metrics}, "adapters": {"sft": str(Path(sft_adapter).resolve()),
                                                       "dpo": str(Path(dpo_adapter).resolve())},
-            "settings": {"max_prompts": max_prompts, "pressure_rows": len(rows), "max_new_tokens": max_new_tokens}}
+            "settings": {"max_prompts": max_prompts, "pressure_rows": len(rows), "max_new_tokens": max_new_tokens},
+            "dpo": {key: personas.records["dpo"].get(key) for key in ("dpo_settings", "pairs", "dpo_steps",
+                                                                      "dpo_seconds")}}

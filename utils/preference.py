@@ -1,7 +1,8 @@
 """Preference tuning with DPO on top of a persona's SFT adapter: the pairs, the one DPO trainer assembly, training.
 
-Pairs: for a training prompt, chosen = the persona's own reply, rejected = the base model's reply to the same
-prompt under the same system prompt — the plain register to push away from — generated once and cached.
+Pairs: for a training prompt, chosen = the persona's own reply, rejected = either the base model's reply to the
+same prompt under the same system prompt — the plain register to push away from — or the SFT adapter's own greedy
+reply where it loops ("own_loops": the repetition to push away from); generated once and cached.
 
 Reference policy: the SFT adapter itself, frozen. Given a PeftModel that already carries an adapter, trl copies it
 as a second adapter named "ref" on the same base (a few MB), and computes the reference log-probabilities with
@@ -37,7 +38,8 @@ class PreferConfig:
     max_steps: int = -1
     per_device_train_batch_size: int = 4
     max_length: int = 384
-    max_new_tokens: int = 96              # length of the base model's (rejected) replies
+    max_new_tokens: int = 96              # length of the generated (rejected) replies
+    rejected: str = "base"                # whose replies are rejected: "base" or "own_loops" (REJECTED)
     precision: str = "auto"
     seed: int = 42
     overwrite: bool = False
@@ -61,13 +63,17 @@ class PreferConfig:
 
     @property
     def pairs_file(self) -> Path:
-        return Path(self.pairs_path) if self.pairs_path else PAIRS_DIR / f"{self.persona}_pairs.jsonl"
+        if self.pairs_path:
+            return Path(self.pairs_path)
+        return PAIRS_DIR / (f"{self.persona}_pairs.jsonl" if self.rejected == "base" else
+                            f"{self.persona}_{self.rejected}_pairs.jsonl")
 
 
 RANGES = {"beta": (lambda v: v > 0, "a number > 0, e.g. 0.1"), "learning_rate": (lambda v: 0 < v < 1, "in (0, 1)"),
           "max_pairs": (lambda v: v >= 2, "an integer >= 2"), "num_train_epochs": (lambda v: v > 0, "a number > 0"),
           "per_device_train_batch_size": (lambda v: v >= 1, "an integer >= 1"),
-          "max_length": (lambda v: v >= 32, "an integer >= 32"), "max_new_tokens": (lambda v: v >= 1, ">= 1")}
+          "max_length": (lambda v: v >= 32, "an integer >= 32"), "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+          "rejected": (lambda v: v in REJECTED, "base or own_loops")}
 
 
 def check_prefer_config(config: PreferConfig):
@@ -92,7 +98,7 @@ def prompts_and_replies(conversations, max_pairs: int, seed: int) -> list[tuple[
     return [(c["messages"][:-1], c["messages"][-1]["content"]) for c in sample[:max_pairs]]
 
 
-def generate_pairs(model, tokenizer, conversations, max_pairs: int, seed: int, max_new_tokens: int) -> list[dict]:
+def base_pairs(model, tokenizer, conversations, max_pairs: int, seed: int, max_new_tokens: int) -> list[dict]:
     """chosen = the persona's reply; rejected = the base model's greedy reply (adapter off), same system prompt."""
     from .evaluate import generate
     from .inference import BASE
@@ -100,6 +106,19 @@ def generate_pairs(model, tokenizer, conversations, max_pairs: int, seed: int, m
     examples = prompts_and_replies(conversations, max_pairs, seed)
     rejected, _ = generate(model, tokenizer, BASE, [p for p, _ in examples], max_new_tokens)
     return [pair(p, chosen, base) for (p, chosen), base in zip(examples, rejected) if base and base != chosen]
+
+
+def own_loop_pairs(model, tokenizer, conversations, max_pairs: int, seed: int, max_new_tokens: int) -> list[dict]:
+    """chosen = the persona's reply; rejected = the SFT adapter's own greedy reply to the same prompt, for the
+    prompts where that reply loops (utils.evaluate.loops): every training prompt is asked, the loops are kept."""
+    from .evaluate import generate, loops
+
+    examples = prompts_and_replies(conversations, len(conversations), seed)
+    replies, _ = generate(model, tokenizer, model.active_adapter, [p for p, _ in examples], max_new_tokens)
+    return [pair(p, chosen, own) for (p, chosen), own in zip(examples, replies) if loops(own)][:max_pairs]
+
+
+REJECTED = {"base": base_pairs, "own_loops": own_loop_pairs}
 
 
 def validate_pairs(path) -> list[Problem]:
@@ -151,7 +170,8 @@ def cached_pairs(config: PreferConfig, model, tokenizer) -> list[dict]:
         return load_pairs(config.pairs_file)
     record = config.record
     conversations = load_conversations(record["settings"]["dataset_path"], persona=record["persona"])
-    pairs = generate_pairs(model, tokenizer, conversations, config.max_pairs, config.seed, config.max_new_tokens)
+    pairs = REJECTED[config.rejected](model, tokenizer, conversations, config.max_pairs, config.seed,
+                                      config.max_new_tokens)
     save_pairs(pairs, config.pairs_file)
     return pairs
 
