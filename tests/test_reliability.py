@@ -88,7 +88,6 @@ def test_the_trainers_lora_weights_are_fp32_on_every_base(quantize, tmp_path):
     assert (torch.uint8 in frozen or profile.compute_dtype in frozen), frozen
 
 
-
 def test_replay_rows_join_the_training_split_only(tmp_path):
     from utils.hardware import detect_hardware
     from utils.models import load_tokenizer
@@ -99,6 +98,7 @@ def test_replay_rows_join_the_training_split_only(tmp_path):
     persona_rows = trainer.split["train"] - trainer.split["replay"]
     assert trainer.split["replay"] == round(0.5 * persona_rows) > 0
     assert len(trainer.train_dataset) == trainer.split["train"] and len(trainer.eval_dataset) == trainer.split["eval"]
+
 
 def test_the_arguments_the_series_passes_exist_in_the_installed_libraries():
     """An upgrade that renames an argument fails here, not in a learner's Colab session."""
