@@ -185,3 +185,12 @@ def test_a_card_reports_evaluation_figures_only_for_the_adapter_evaluated(pirate
         report.write_text(json.dumps({"personas": {"captain_codebeard": {"style_accuracy_adapter": 0.5}},
                                       "adapters": {"captain_codebeard": str(evaluated.resolve())}}))
         assert ("style_accuracy_adapter" in final_metrics(record, pirate_adapter, report)) is expected
+
+
+def test_reports_name_adapters_inside_the_working_directory_relative_to_it(tmp_path, monkeypatch):
+    from utils.adapters import report_path
+
+    (tmp_path / "trained_adapters" / "zen_coder_final_adapter").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "trained_adapters")
+    assert report_path("zen_coder_final_adapter") == "zen_coder_final_adapter"
+    assert report_path(tmp_path) == str(tmp_path.resolve())

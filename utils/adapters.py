@@ -34,6 +34,13 @@ def final_adapter_dir(output_dir, persona: str) -> Path:
     return Path(output_dir) / f"{folder_name(persona)}{FINAL_SUFFIX}"
 
 
+def report_path(folder) -> str:
+    """How a report names an adapter folder: relative to the working directory when inside it (so a committed
+    report reads the same on every machine), absolute otherwise."""
+    path = Path(folder).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def checkpoints_dir(output_dir, persona: str) -> Path:
     return Path(output_dir) / f"{folder_name(persona)}{CHECKPOINTS_SUFFIX}"
 

@@ -2,12 +2,19 @@
 import json
 from pathlib import Path
 
-from .adapters import RECORD_FILE
+from .adapters import RECORD_FILE, report_path
+from .training import LORA_TARGETS
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model the embedded copy was quantized from
 BASE_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0"}  # id prefix -> license; others: check the base's card
 METRICS_FILE = Path("figures") / "persona_metrics.json"  # evaluation results, once notebook 06 has written them
-LAYERS = {"all-linear": "on every linear layer", "attention": "on the attention projections (q, k, v, o)"}
+
+
+def lora_layers(targets: str) -> str:
+    modules = LORA_TARGETS[targets]
+    if modules == "all-linear":
+        return "on every linear layer"
+    return f"on the {', '.join(m.removesuffix('_proj') for m in modules)} projections"
 
 
 def hub_base_model(record: dict) -> str:
@@ -26,7 +33,7 @@ def evaluation_metrics(persona: str, adapter_path, metrics_file=METRICS_FILE) ->
     if not path.exists():
         return {}
     report = json.loads(path.read_text())
-    if report.get("adapters", {}).get(persona) != str(Path(adapter_path).resolve()):
+    if report.get("adapters", {}).get(persona) != report_path(adapter_path):
         return {}
     entry = report.get("personas", {}).get(persona, {})
     return {k: round(v, 4) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -51,7 +58,7 @@ def training_table(record: dict) -> str:
                        if base == "embedded" else base),
         "method": (f"{'QLoRA (4-bit NF4 base)' if record.get('quantized') else 'LoRA'}: r={s.get('lora_r')}, "
                    f"alpha={s.get('lora_alpha')}, dropout={s.get('lora_dropout')}, "
-                   f"{LAYERS[s.get('lora_targets', 'all-linear')]}"),
+                   f"{lora_layers(s.get('lora_targets', 'all-linear'))}"),
         "data": (f"{record.get('train_examples')} conversations ({record.get('eval_examples')} more held out), "
                  f"loss on the assistant's tokens only"),
         "schedule": (f"{record.get('global_steps')} steps, batch {s.get('per_device_train_batch_size')} x "

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .adapters import report_path
 from .data import load_conversations
 from .inference import BASE, generate_token_ids, persona, with_system_prompt
 from .judge import (DATA_DIR, NEUTRAL, classifier_accuracy_on_references, eval_pairs, persona_files,
@@ -223,7 +224,7 @@ def evaluate_adapters(adapters_dir, out_path=None, progress=None, **options) -> 
     report = evaluate_loaded(personas.model, personas.tokenizer, personas.system_prompts, progress=progress,
                              **options)
     report["settings"] |= {"adapters_dir": str(adapters_dir), "base_model": personas.base_model}
-    report["adapters"] = {name: str(Path(path).resolve()) for name, path in personas.adapters.items()}
+    report["adapters"] = {name: report_path(path) for name, path in personas.adapters.items()}
     if out_path:
         save_report(report, out_path)
     return report
@@ -268,8 +269,8 @@ def evaluate_preference(sft_adapter, dpo_adapter, max_prompts: int | None = None
                     f"ppl_general_{adapter}": cost["ppl_general_adapter"],
                     f"repetition_rate_{adapter}": style["repetition_rate_adapter"],
                     f"ended_rate_{adapter}": style["ended_rate_adapter"]}
-    return {"personas": {name: metrics}, "adapters": {"sft": str(Path(sft_adapter).resolve()),
-                                                      "dpo": str(Path(dpo_adapter).resolve())},
+    return {"personas": {name: metrics},
+            "adapters": {"sft": report_path(sft_adapter), "dpo": report_path(dpo_adapter)},
             "settings": {"max_prompts": max_prompts, "pressure_rows": len(rows), "max_new_tokens": max_new_tokens},
             "dpo": {key: personas.records["dpo"].get(key) for key in ("dpo_settings", "pairs", "dpo_steps",
                                                                       "dpo_seconds")}}
