@@ -78,6 +78,7 @@ def test_notebook_09_tunes_checks_the_loss_by_hand_and_writes_the_metrics(pirate
               "ppl_general_base", "ppl_general_sft", "ppl_general_dpo"}
     assert fields | {"repetition_rate_sft", "repetition_rate_dpo", "ended_rate_sft", "nll_base"} <= metrics.keys()
     assert "SFT + DPO against its own loops" in text
+    assert re.search(r"loops [\d.]+ -> [\d.]+ in 3 rounds", text), "the committed rounds, read and checked"
     record = json.loads((tmp_path / "dpo" / "captain_codebeard_final_adapter" / "persona.json").read_text())
     assert record["method"] == "dpo" and record["dpo_steps"] == 2
     assert "pair(s) from your ratings" in text and "application/vnd.jupyter.widget-view+json" in text
