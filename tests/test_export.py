@@ -194,3 +194,10 @@ def test_reports_name_adapters_inside_the_working_directory_relative_to_it(tmp_p
     monkeypatch.chdir(tmp_path / "trained_adapters")
     assert report_path("zen_coder_final_adapter") == "zen_coder_final_adapter"
     assert report_path(tmp_path) == str(tmp_path.resolve())
+
+
+def test_the_card_names_the_layers_each_lora_target_choice_adapts():
+    from utils.card import lora_layers
+
+    assert lora_layers("all-linear") == "on every linear layer"
+    assert lora_layers("attention") == "on the q, k, v, o projections"

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 from .adapters import RECORD_FILE, report_path
-from .training import LORA_TARGETS
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model the embedded copy was quantized from
 BASE_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0"}  # id prefix -> license; others: check the base's card
@@ -11,6 +10,8 @@ METRICS_FILE = Path("figures") / "persona_metrics.json"  # evaluation results, o
 
 
 def lora_layers(targets: str) -> str:
+    from .training import LORA_TARGETS  # training imports torch: only when a card is written
+
     modules = LORA_TARGETS[targets]
     if modules == "all-linear":
         return "on every linear layer"
